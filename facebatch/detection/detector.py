@@ -1,0 +1,213 @@
+"""Batched face detection: images of different sizes in, a list of faces per image out.
+
+:class:`BatchDetector` owns everything that is the same for every backend: downscaling
+to ``max_side``, packing images of similar size into padded sub-batches, score
+filtering, NMS, and mapping boxes and landmarks back to the original pixels. A backend
+(:mod:`.mobilenet_backend`, :mod:`.resnet50`) turns an image into a network tensor and a
+padded batch into candidate detections.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.ops import nms
+
+LANDMARK_NAMES = ("eye_image_left", "eye_image_right", "nose", "mouth_image_left", "mouth_image_right")
+"""The 5 landmarks in output order. "image_left" is the subject's right (iBUG 36-41 / 48)."""
+
+
+@dataclass
+class Face:
+    """One detected face, in pixels of the original image.
+
+    Attributes:
+        box: ``(x1, y1, x2, y2)``.
+        score: face probability in [0, 1].
+        landmarks: ``(5, 2)`` points in :data:`LANDMARK_NAMES` order.
+    """
+
+    box: np.ndarray
+    score: float
+    landmarks: np.ndarray
+
+    @property
+    def area(self) -> float:
+        return float(max(0.0, self.box[2] - self.box[0]) * max(0.0, self.box[3] - self.box[1]))
+
+    def to_dict(self) -> dict:
+        return {"box": [float(v) for v in self.box], "score": float(self.score),
+                "landmarks": [[float(x), float(y)] for x, y in self.landmarks]}
+
+
+@dataclass
+class DetectorConfig:
+    """Options shared by every backend.
+
+    Args:
+        backend: ``mobilenet`` (default, fast) or ``resnet50`` (retina-face's model).
+        score_threshold: minimum face probability kept.
+        nms_iou: IoU above which the lower-scoring of two boxes is dropped.
+        max_side: images whose longer side exceeds this are downscaled for detection.
+        device: torch device, e.g. ``cpu`` or ``cuda``.
+        weights_dir: extra directory searched first for weights files.
+        batch_size: images per forward pass (sub-batches are formed by size).
+        pre_nms_top_k: candidates kept per image before NMS.
+        max_faces: detections kept per image after NMS.
+    """
+
+    backend: str = "mobilenet"
+    score_threshold: float = 0.5
+    nms_iou: float = 0.4
+    max_side: int = 640
+    device: str = "cpu"
+    weights_dir: str | None = None
+    batch_size: int = 16
+    pre_nms_top_k: int = 5000
+    max_faces: int = 750
+
+    def validate(self) -> "DetectorConfig":
+        if not 0.0 <= self.score_threshold <= 1.0:
+            raise ValueError(f"score_threshold must be in [0, 1], got {self.score_threshold}")
+        if not 0.0 < self.nms_iou <= 1.0:
+            raise ValueError(f"nms_iou must be in (0, 1], got {self.nms_iou}")
+        if self.max_side < 32:
+            raise ValueError(f"max_side must be at least 32 pixels, got {self.max_side}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Candidates:
+    """Raw detections of one image in pixels of the network input, before NMS."""
+
+    boxes: torch.Tensor  # (N, 4)
+    scores: torch.Tensor  # (N,)
+    landmarks: torch.Tensor  # (N, 5, 2)
+
+
+class Backend(Protocol):
+    """What a detector backend provides to :class:`BatchDetector`."""
+
+    name: str
+    weights_path: Path | None
+    weights_sha256: str | None
+    pad_multiple: int
+
+    def to_tensor(self, image: np.ndarray, scale: float) -> torch.Tensor:
+        """RGB uint8 ``(H, W, 3)`` -> float ``(3, h, w)``, resized by ``scale``; 0 is the pad value."""
+
+    def forward(self, batch: torch.Tensor, sizes: list[tuple[int, int]], score_threshold: float,
+                top_k: int) -> list[Candidates]:
+        """Run the network on a padded batch; ``sizes`` are the unpadded ``(h, w)``."""
+
+
+def resize_chw(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """Resize a ``(3, H, W)`` float tensor by ``scale`` (antialiased when shrinking)."""
+    if scale == 1.0:
+        return x
+    h, w = x.shape[-2:]
+    size = (max(1, int(round(h * scale))), max(1, int(round(w * scale))))
+    return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False,
+                         antialias=scale < 1.0)[0]
+
+
+def pack_by_size(shapes: Sequence[tuple[int, int]], max_batch: int, max_waste: float = 2.0) -> list[list[int]]:
+    """Group image indices into sub-batches whose padded area stays within ``max_waste`` of each image.
+
+    Sorting by area keeps similar sizes together, so a batch of mixed sizes costs little
+    more than its images would one by one. Deterministic for a given input.
+    """
+    order = sorted(range(len(shapes)), key=lambda i: (shapes[i][0] * shapes[i][1], i), reverse=True)
+    groups: list[list[int]] = []
+    cur: list[int] = []
+    gh = gw = 0
+    for i in order:
+        h, w = shapes[i]
+        nh, nw = max(gh, h), max(gw, w)
+        if cur and (len(cur) >= max_batch or nh * nw > max_waste * h * w):
+            groups.append(cur)
+            cur, nh, nw = [], h, w
+        cur.append(i)
+        gh, gw = nh, nw
+    if cur:
+        groups.append(cur)
+    return groups
+
+
+class BatchDetector:
+    """Detect faces in batches of RGB images of any sizes.
+
+    Use :func:`facebatch.detection.create_detector` to build one.
+    """
+
+    def __init__(self, backend: Backend, config: DetectorConfig) -> None:
+        self.backend = backend
+        self.config = config.validate()
+        self.device = torch.device(config.device)
+
+    @property
+    def info(self) -> dict:
+        """Backend name, weights file and sha256, and options: what produced a result."""
+        return {"backend": self.backend.name,
+                "weights": str(self.backend.weights_path) if self.backend.weights_path else None,
+                "weights_sha256": self.backend.weights_sha256, "config": self.config.to_dict()}
+
+    def scale_for(self, h: int, w: int) -> float:
+        longest = max(h, w)
+        return min(1.0, self.config.max_side / longest) if longest > 0 else 1.0
+
+    @torch.inference_mode()
+    def detect(self, images: Sequence[np.ndarray]) -> list[list[Face]]:
+        """Detect faces in each image.
+
+        Args:
+            images: RGB ``uint8`` arrays of shape ``(H, W, 3)``, sizes may differ.
+
+        Returns:
+            One list per image of :class:`Face`, highest score first.
+        """
+        results: list[list[Face]] = [[] for _ in images]
+        tensors, scales = [], []
+        for img in images:
+            if img.ndim != 3 or img.shape[2] != 3:
+                raise ValueError(f"expected an RGB image of shape (H, W, 3), got {img.shape}")
+            s = self.scale_for(img.shape[0], img.shape[1])
+            tensors.append(self.backend.to_tensor(img, s))
+            scales.append(s)
+        shapes = [tuple(t.shape[-2:]) for t in tensors]
+        m = self.backend.pad_multiple
+        for group in pack_by_size(shapes, self.config.batch_size):
+            hp = int(math.ceil(max(shapes[i][0] for i in group) / m) * m)
+            wp = int(math.ceil(max(shapes[i][1] for i in group) / m) * m)
+            batch = torch.zeros((len(group), 3, hp, wp), dtype=torch.float32)
+            for k, i in enumerate(group):
+                h, w = shapes[i]
+                batch[k, :, :h, :w] = tensors[i]
+            cands = self.backend.forward(batch.to(self.device), [shapes[i] for i in group],
+                                         self.config.score_threshold, self.config.pre_nms_top_k)
+            for k, i in enumerate(group):
+                results[i] = self._finish(cands[k], scales[i], images[i].shape[:2])
+        return results
+
+    def _finish(self, c: Candidates, scale: float, hw: tuple[int, int]) -> list[Face]:
+        if c.scores.numel() == 0:
+            return []
+        keep = nms(c.boxes.float(), c.scores.float(), self.config.nms_iou)[: self.config.max_faces]
+        boxes = (c.boxes[keep] / scale).cpu().numpy()
+        scores = c.scores[keep].cpu().numpy()
+        lms = (c.landmarks[keep] / scale).cpu().numpy()
+        h, w = hw
+        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
+        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
+        return [Face(box=boxes[j].astype(np.float32), score=float(scores[j]),
+                     landmarks=lms[j].astype(np.float32)) for j in range(len(scores))]

@@ -1,0 +1,1 @@
+"""Dataset formats: how inputs are listed and where their labels come from."""
