@@ -91,8 +91,9 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt files
+        detail = (str(exc).strip().splitlines() or [""])[0][:200]
         raise WeightsError(
-            f"could not read weights file {path} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). "
+            f"could not read weights file {path} ({type(exc).__name__}: {detail}). "
             "The file is corrupt, truncated, or not a PyTorch state dict; delete it and fetch it again.") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]

@@ -1,0 +1,65 @@
+"""The ``facebatch`` command line. Each subcommand is also a Python function.
+
+    facebatch detect IMAGE...            detect faces in a few images, print JSON (no Ray)
+    facebatch preprocess ...             Ray Data job: images -> detected, cropped faces in Parquet
+
+Run ``facebatch SUBCOMMAND --help`` for the options of each.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# subcommand -> module exposing add_arguments(parser) and run(args) -> int
+SUBCOMMANDS = {
+    "detect": "facebatch.commands.detect",
+    "preprocess": "facebatch.preprocess.cli",
+}
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="facebatch", formatter_class=_Formatter,
+        description="Turn image collections into face data: batched RetinaFace detection, "
+                    "preprocessing to Parquet on Ray Data, keypoint and attribute models on Ray Train.",
+        epilog="Without --address (or $RAY_ADDRESS) Ray jobs start an embedded local Ray on 127.0.0.1.\n"
+               "Data and weights: $FACEBATCH_DATA, $FACEBATCH_WEIGHTS_DIR (see README).")
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"facebatch {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, modname in SUBCOMMANDS.items():
+        mod = importlib.import_module(modname)
+        doc = (mod.__doc__ or "").strip()
+        p = sub.add_parser(name, help=doc.splitlines()[0] if doc else name, description=doc,
+                           formatter_class=_Formatter)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: ``facebatch [-v] COMMAND [options]``; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except (ValueError, FileNotFoundError, PermissionError) as exc:
+        # Bad options or inputs: say what is wrong, no traceback.
+        print(f"facebatch {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Preprocessing: images -> detected, cropped, labelled faces in Parquet (see :mod:`.pipeline`)."""

@@ -1,0 +1,111 @@
+"""The preprocess job's options, validated before any work starts."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+from ..detection import BACKENDS, DetectorConfig
+from ..imaging import DEFAULT_MAX_PIXELS
+from .rows import CropConfig
+
+PROGRESS_MODES = ("auto", "bar", "log", "none")
+
+
+@dataclass
+class PreprocessConfig:
+    """Everything that decides the output of a preprocess run (saved beside it).
+
+    Args:
+        input: folder, ``s3://bucket/prefix``, or a manifest (``.parquet``/``.csv`` with a ``path`` column).
+        output: folder or ``s3://`` prefix for the Parquet parts.
+        format: how labels are found (see :data:`facebatch.formats.sources.FORMATS`).
+        labels: labels file when it is not where the format expects it (udacity68).
+        detector: detector options.
+        crop: crop options.
+        shard_size: inputs per output part; parts are numbered from the sorted inputs.
+        max_pixels: images with more pixels get ``too_large`` without being decoded.
+        val_fraction: share of persons put in the ``val`` split where a dataset has no split.
+        max_failure_rate: exit non-zero when more than this share of inputs fail.
+        resume: skip parts whose done-marker exists.
+        limit: only the first N sorted inputs (for trials).
+        workers: detection actors (default: sized from the cluster).
+        cpus_per_worker: CPUs reserved per detection actor (default: sized from the cluster).
+        gpus_per_worker: GPUs per detection actor (0: CPU detection).
+        s3_endpoint_url: S3-compatible endpoint (default: ``$AWS_ENDPOINT_URL``).
+        progress: ``auto`` (bar in a terminal, lines in logs), ``bar``, ``log`` or ``none``.
+        log_every: seconds between progress lines in ``log`` mode.
+    """
+
+    input: str
+    output: str
+    format: str = "folder"
+    labels: str | None = None
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    crop: CropConfig = field(default_factory=CropConfig)
+    shard_size: int = 64
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    val_fraction: float = 0.1
+    max_failure_rate: float = 1.0
+    resume: bool = False
+    limit: int | None = None
+    workers: int | None = None
+    cpus_per_worker: float | None = None
+    gpus_per_worker: float = 0.0
+    s3_endpoint_url: str | None = None
+    progress: str = "auto"
+    log_every: float = 10.0
+
+    def validate(self) -> "PreprocessConfig":
+        from ..formats.sources import FORMATS
+        if self.format not in FORMATS:
+            raise ValueError(f"unknown --format {self.format!r}; choose one of: {', '.join(FORMATS)}")
+        if self.detector.backend not in BACKENDS:
+            raise ValueError(f"unknown --backend {self.detector.backend!r}; choose one of: {', '.join(BACKENDS)}")
+        self.detector.validate()
+        self.crop.validate()
+        if self.shard_size < 1:
+            raise ValueError(f"--shard-size must be at least 1, got {self.shard_size}")
+        if self.max_pixels < 1:
+            raise ValueError(f"--max-pixels must be positive, got {self.max_pixels}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0.0 <= self.max_failure_rate <= 1.0:
+            raise ValueError(f"--max-failure-rate must be in [0, 1], got {self.max_failure_rate}")
+        if self.progress not in PROGRESS_MODES:
+            raise ValueError(f"--progress must be one of {PROGRESS_MODES}, got {self.progress!r}")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"--workers must be at least 1, got {self.workers}")
+        if self.gpus_per_worker < 0:
+            raise ValueError(f"--gpus-per-worker must be >= 0, got {self.gpus_per_worker}")
+        if self.gpus_per_worker > 0 and self.detector.device == "cpu":
+            self.detector.device = "cuda"
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def output_affecting(self) -> dict:
+        """The options that change rows; a resumed run must match the first run on these."""
+        d = self.to_dict()
+        for k in ("resume", "workers", "cpus_per_worker", "gpus_per_worker", "progress", "log_every",
+                  "max_failure_rate", "s3_endpoint_url"):
+            d.pop(k)
+        d["detector"] = {k: v for k, v in d["detector"].items() if k not in ("device", "batch_size", "weights_dir")}
+        return d
+
+
+def plan_workers(cfg: PreprocessConfig, cluster_cpus: float, cluster_gpus: float) -> tuple[int, float, int]:
+    """``(actors, cpus per actor, torch threads per actor)`` that leave CPU for the read tasks.
+
+    On CPU each actor runs one torch thread; the pool gets one actor per core with a
+    quarter of a core per actor kept free for reading and decoding (at least half a core).
+    """
+    if cfg.gpus_per_worker > 0:
+        n = cfg.workers or max(1, int(cluster_gpus // cfg.gpus_per_worker))
+        if cluster_gpus < cfg.gpus_per_worker:
+            raise ValueError(f"--gpus-per-worker {cfg.gpus_per_worker} but the cluster has {cluster_gpus} GPUs")
+        return n, cfg.cpus_per_worker or 1.0, max(1, int(cfg.cpus_per_worker or 1))
+    n = cfg.workers or max(1, int(round(cluster_cpus)))
+    reserve = max(0.5, 0.1 * cluster_cpus)
+    cpw = cfg.cpus_per_worker or max(0.1, math.floor((cluster_cpus - reserve) / n * 100) / 100)
+    return n, cpw, max(1, int(round(cpw)))

@@ -1,0 +1,53 @@
+"""Local paths and s3:// URIs behind one fsspec interface.
+
+S3 settings come from options or the usual environment: ``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_DEFAULT_REGION`` and
+``AWS_ENDPOINT_URL`` (or ``AWS_ENDPOINT_URL_S3``) for S3-compatible servers.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import fsspec
+
+
+def is_remote(uri: str) -> bool:
+    return "://" in str(uri) and not str(uri).startswith("file://")
+
+
+def storage_options(endpoint_url: str | None = None) -> dict[str, Any]:
+    """s3fs options from an explicit endpoint or the environment (empty for AWS defaults)."""
+    endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    opts: dict[str, Any] = {}
+    if endpoint:
+        opts["client_kwargs"] = {"endpoint_url": endpoint}
+    return opts
+
+
+def filesystem(uri: str, options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """``(filesystem, path inside it)`` for a local path or URI."""
+    uri = str(uri)
+    if is_remote(uri):
+        fs, path = fsspec.core.url_to_fs(uri, **(options or {}))
+        return fs, path
+    fs = fsspec.filesystem("file")
+    return fs, os.path.abspath(os.path.expanduser(uri))
+
+
+def join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
+
+
+def check_writable(uri: str, options: dict[str, Any] | None = None) -> None:
+    """Create the output folder and write and delete a probe file, or raise ``PermissionError`` naming it."""
+    fs, path = filesystem(uri, options)
+    probe = join(path, "_facebatch_write_probe")
+    try:
+        fs.makedirs(path, exist_ok=True)
+        with fs.open(probe, "wb") as f:
+            f.write(b"ok")
+        fs.rm(probe)
+    except Exception as exc:
+        raise PermissionError(f"cannot write to output {uri!r}: {type(exc).__name__}: {exc}. "
+                              "Choose a folder or bucket you can write to (--output).") from None

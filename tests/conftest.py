@@ -1,0 +1,60 @@
+"""Shared fixtures: real data from $FACEBATCH_DATA (skip clearly when absent) and one local Ray per session."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from facebatch.paths import data_dir
+from facebatch.raycluster import local_ray_env
+
+local_ray_env()  # before anything imports ray
+os.environ.setdefault("FACEBATCH_WEIGHTS_DIR", str(data_dir() / "weights"))
+
+
+def _need(path: Path, what: str) -> Path:
+    if not path.exists():
+        pytest.skip(f"{what} not found at {path}; set FACEBATCH_DATA to the shared data folder to run this test")
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    return _need(data_dir(), "shared data folder")
+
+
+@pytest.fixture(scope="session")
+def udacity_root(data_root) -> Path:
+    return _need(data_root / "udacity68", "udacity68 data")
+
+
+@pytest.fixture(scope="session")
+def genki_root(data_root) -> Path:
+    return _need(data_root / "genki4k", "genki4k data")
+
+
+@pytest.fixture(scope="session")
+def celeba_root(data_root) -> Path:
+    return _need(data_root / "celeba6k", "celeba6k data")
+
+
+@pytest.fixture(scope="session")
+def mobilenet_weights(data_root) -> Path:
+    return _need(data_root / "weights" / "mobilenet0.25_Final.pth", "RetinaFace MobileNet-0.25 weights")
+
+
+@pytest.fixture(scope="session")
+def mobilenet_detector(mobilenet_weights):
+    from facebatch.detection import create_detector
+    return create_detector("mobilenet", weights_path=str(mobilenet_weights))
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One embedded local Ray for the whole test session, bound to 127.0.0.1."""
+    from facebatch.raycluster import init_ray
+    import ray
+    info = init_ray(address="local", num_cpus=2)
+    yield info
+    ray.shutdown()

@@ -1,0 +1,126 @@
+"""The mobilenet detector on real faces: found, landmarks where the labels say, left/right not swapped."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from facebatch.detection import create_detector, pack_by_size
+from facebatch.detection.anchors import prior_boxes
+from facebatch.detection.mobilenet import RetinaFaceMobileNet
+from facebatch.detection.quality import five_from_ibug68, landmark_errors, match_labelled_face
+from facebatch.formats.udacity68 import read_udacity68_csv
+from facebatch.weights import WeightsError, WeightsNotFoundError, find_weights
+
+
+def _load(path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def udacity_sample(udacity_root):
+    labels = read_udacity68_csv(udacity_root / "training_frames_keypoints.csv")
+    names = sorted(labels)[::35]  # ~100 images spread over all people
+    return [(n, _load(udacity_root / "training" / n), labels[n]) for n in names]
+
+
+def test_priors_match_feature_maps():
+    net = RetinaFaceMobileNet().eval()
+    for h, w in [(64, 96), (100, 77), (640, 480)]:
+        with torch.no_grad():
+            loc, conf, landm = net(torch.zeros(1, 3, h, w))
+        assert loc.shape[1] == conf.shape[1] == landm.shape[1] == prior_boxes(h, w).shape[0]
+
+
+def test_pack_by_size_keeps_every_index_once():
+    shapes = [(100, 100), (500, 400), (90, 120), (480, 500), (100, 90), (30, 30)]
+    groups = pack_by_size(shapes, max_batch=3)
+    assert sorted(i for g in groups for i in g) == list(range(len(shapes)))
+    assert all(len(g) <= 3 for g in groups)
+    assert any({1, 3} <= set(g) for g in groups)  # the two big ones share a batch
+
+
+def test_udacity68_found_and_landmarks_agree(mobilenet_detector, udacity_sample):
+    images = [img for _, img, _ in udacity_sample]
+    results = mobilenet_detector.detect(images)  # one call: sizes differ, batched inside
+    found, errors = 0, []
+    for (name, _, pts), faces in zip(udacity_sample, results):
+        face = match_labelled_face(faces, pts)
+        if face is not None:
+            found += 1
+            errors.append(landmark_errors(face, pts))
+    assert found / len(udacity_sample) >= 0.99
+    errors = np.array(errors)
+    assert np.median(errors) <= 0.10
+    # Left/right not swapped: each eye/mouth landmark is nearer its own labelled point than the other side's.
+    same, crossed = [], []
+    for (name, _, pts), faces in zip(udacity_sample, results):
+        face = match_labelled_face(faces, pts)
+        if face is None:
+            continue
+        ref = five_from_ibug68(pts)
+        for a, b in [(0, 1), (3, 4)]:
+            same.append(np.linalg.norm(face.landmarks[a] - ref[a]) + np.linalg.norm(face.landmarks[b] - ref[b]))
+            crossed.append(np.linalg.norm(face.landmarks[a] - ref[b]) + np.linalg.norm(face.landmarks[b] - ref[a]))
+    assert np.mean(np.array(same) < np.array(crossed)) > 0.95
+
+
+def test_batched_equals_one_at_a_time(mobilenet_detector, udacity_sample):
+    images = [img for _, img, _ in udacity_sample[:12]]
+    batched = mobilenet_detector.detect(images)
+    for img, faces in zip(images, batched):
+        single = mobilenet_detector.detect([img])[0]
+        assert len(single) == len(faces)
+        for a, b in zip(single, faces):
+            # Zero padding to the batch's size shifts border features a little: allow 3% of the face size.
+            tol = 0.03 * (a.box[2] - a.box[0])
+            np.testing.assert_allclose(a.box, b.box, atol=tol)
+            np.testing.assert_allclose(a.landmarks, b.landmarks, atol=tol)
+            assert abs(a.score - b.score) < 0.02
+
+
+def test_large_image_is_downscaled_and_mapped_back(mobilenet_detector, udacity_sample):
+    name, img, pts = udacity_sample[0]
+    big = np.asarray(Image.fromarray(img).resize((img.shape[1] * 4, img.shape[0] * 4), Image.BILINEAR))
+    det = create_detector("mobilenet", max_side=320, weights_dir=str(mobilenet_detector.backend.weights_path.parent))
+    face = match_labelled_face(det.detect([big])[0], pts * 4)
+    assert face is not None
+    assert np.median(landmark_errors(face, pts * 4)) <= 0.15
+
+
+def test_genki_faces_found(mobilenet_detector, genki_root):
+    files = sorted((genki_root / "files").glob("*.jpg"))[::40]  # 100 unaligned photos
+    results = mobilenet_detector.detect([_load(f) for f in files])
+    rate = np.mean([len(r) > 0 for r in results])
+    assert rate >= 0.98, f"faces found in only {rate:.1%} of genki4k sample"
+
+
+def test_no_face_gives_no_detections(mobilenet_detector):
+    rng = np.random.default_rng(0)
+    blank = np.full((300, 400, 3), 128, np.uint8)
+    noise = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    assert mobilenet_detector.detect([blank, noise]) == [[], []]
+
+
+def test_missing_weights_error_names_file_and_places(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACEBATCH_WEIGHTS_DIR", str(tmp_path / "env"))
+    monkeypatch.setenv("FACEBATCH_DATA", str(tmp_path / "nodata"))
+    with pytest.raises(WeightsNotFoundError) as err:
+        find_weights("mobilenet0.25_Final.pth", tmp_path / "arg")
+    msg = str(err.value)
+    assert "mobilenet0.25_Final.pth" in msg and str(tmp_path / "arg") in msg and str(tmp_path / "env") in msg
+    assert "--weights-dir" in msg
+
+
+def test_corrupt_and_mismatched_weights_give_clear_errors(tmp_path, mobilenet_weights):
+    bad = tmp_path / "mobilenet0.25_Final.pth"
+    bad.write_bytes(mobilenet_weights.read_bytes()[:5000])
+    with pytest.raises(WeightsError, match="corrupt"):
+        create_detector("mobilenet", weights_path=str(bad))
+    state = torch.load(mobilenet_weights, map_location="cpu", weights_only=True)
+    state.pop(next(iter(state)))
+    state["extra.weight"] = torch.zeros(3)
+    torch.save(state, bad)
+    with pytest.raises(WeightsError, match="does not match"):
+        create_detector("mobilenet", weights_path=str(bad))
