@@ -20,6 +20,11 @@ def storage_options(endpoint_url: str | None = None) -> dict[str, Any]:
     """s3fs options from an explicit endpoint or the environment (empty for AWS defaults)."""
     endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     opts: dict[str, Any] = {}
+    # Forward the driver's credentials so Ray workers on other nodes use the same ones;
+    # without them s3fs falls back to each node's own credential chain (instance roles).
+    for opt, env in (("key", "AWS_ACCESS_KEY_ID"), ("secret", "AWS_SECRET_ACCESS_KEY"), ("token", "AWS_SESSION_TOKEN")):
+        if os.environ.get(env):
+            opts[opt] = os.environ[env]
     if endpoint:
         opts["client_kwargs"] = {"endpoint_url": endpoint}
     return opts

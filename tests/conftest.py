@@ -58,3 +58,40 @@ def ray_session():
     info = init_ray(address="local", num_cpus=2)
     yield info
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on 127.0.0.1 (a real HTTP S3 API; Ray workers are other processes)."""
+    from moto.server import ThreadedMotoServer
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield endpoint
+    server.stop()
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def udacity_subset(tmp_path_factory, udacity_root) -> Path:
+    """A Udacity-layout folder (training/ + CSV) with 24 real images of 6 people (symlinked, read in place)."""
+    import csv
+    root = tmp_path_factory.mktemp("udacity_subset")
+    (root / "training").mkdir()
+    with open(udacity_root / "training_frames_keypoints.csv") as f:
+        rows = list(csv.reader(f))
+    header, body = rows[0], sorted(rows[1:])
+    picked = body[::len(body) // 24][:24]
+    with open(root / "training_frames_keypoints.csv", "w", newline="") as f:
+        csv.writer(f).writerows([header, *picked])
+    for r in picked:
+        (root / "training" / r[0]).symlink_to(udacity_root / "training" / r[0])
+    return root

@@ -97,8 +97,9 @@ class PreprocessConfig:
 def plan_workers(cfg: PreprocessConfig, cluster_cpus: float, cluster_gpus: float) -> tuple[int, float, int]:
     """``(actors, cpus per actor, torch threads per actor)`` that leave CPU for the read tasks.
 
-    On CPU each actor runs one torch thread; the pool gets one actor per core with a
-    quarter of a core per actor kept free for reading and decoding (at least half a core).
+    On CPU each actor runs one torch thread (``--cpus-per-worker 2`` gives two); the pool
+    gets one actor per core, and a tenth of the cluster's CPUs (at least half a core) is
+    kept free for the read and decode tasks so they cannot be starved.
     """
     if cfg.gpus_per_worker > 0:
         n = cfg.workers or max(1, int(cluster_gpus // cfg.gpus_per_worker))
@@ -108,4 +109,6 @@ def plan_workers(cfg: PreprocessConfig, cluster_cpus: float, cluster_gpus: float
     n = cfg.workers or max(1, int(round(cluster_cpus)))
     reserve = max(0.5, 0.1 * cluster_cpus)
     cpw = cfg.cpus_per_worker or max(0.1, math.floor((cluster_cpus - reserve) / n * 100) / 100)
-    return n, cpw, max(1, int(round(cpw)))
+    # One torch thread per actor unless whole CPUs are given explicitly: scaling out with actors is
+    # faster for small convolutions, and rows do not depend on how many actors ran.
+    return n, cpw, max(1, int(cfg.cpus_per_worker or 1))

@@ -176,7 +176,6 @@ def _clear_previous(output: str, options: dict) -> None:
 
 
 def _load_records(cfg: PreprocessConfig, options: dict) -> list:
-    from ..formats.base import assign_split
     from ..formats.sources import list_records
     fs_in = filesystem(cfg.input, options)[0] if "://" in cfg.input else None
     records = list_records(cfg.input, cfg.format, cfg.labels, filesystem=fs_in)
@@ -185,7 +184,18 @@ def _load_records(cfg: PreprocessConfig, options: dict) -> list:
                          "check the path and --format")
     if cfg.limit:
         records = records[: cfg.limit]
-    return [(r, r.split or assign_split(r.person or r.path, cfg.val_fraction)) for r in records]
+    return [(r, split_for(r, cfg.val_fraction)) for r in records]
+
+
+def split_for(record, val_fraction: float) -> str:
+    """The dataset's ``test`` split stays; everything else is ``val`` for a hashed share of persons, else ``train``.
+
+    Held out by person, so near-duplicate frames of one person never straddle train and val.
+    """
+    from ..formats.base import assign_split
+    if record.split == "test":
+        return "test"
+    return "val" if assign_split(record.person or record.path, val_fraction) == "val" else "train"
 
 
 def detector_info(cfg: PreprocessConfig, random_weights: bool = False) -> dict:
@@ -221,11 +231,9 @@ def run_preprocess(cfg: PreprocessConfig, address: str | None = None, random_wei
     if cfg.resume and fs.exists(join(root, CONFIG_FILE)):
         with fs.open(join(root, CONFIG_FILE), "r") as f:
             prev = json.load(f)
-        prev_cfg = PreprocessConfig(**{**prev["config"], "detector": None, "crop": None})
         if prev.get("output_affecting") != cfg.output_affecting():
             raise ValueError(f"--resume: the options differ from the run that wrote {cfg.output} "
                              f"({CONFIG_FILE}); rerun without --resume or with the same options")
-        del prev_cfg
     done = _existing_markers(cfg.output, options) if cfg.resume else {}
     if not cfg.resume:
         _clear_previous(cfg.output, options)
@@ -250,6 +258,7 @@ def run_preprocess(cfg: PreprocessConfig, address: str | None = None, random_wei
         from ..raycluster import init_ray
         info = init_ray(address)
         n, cpw, threads = plan_workers(cfg, info["resources"].get("CPU", 1), info["resources"].get("GPU", 0))
+        n = min(n, len(todo))
         log.info("detection actors: %d x %.2f CPU, %d threads", n, cpw, threads)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
