@@ -2,6 +2,8 @@
 
     facebatch detect IMAGE...            detect faces in a few images, print JSON (no Ray)
     facebatch preprocess ...             Ray Data job: images -> detected, cropped faces in Parquet
+    facebatch train keypoints|attributes Ray Train job: Parquet -> keypoint or attribute model
+    facebatch evaluate keypoints ...     metrics, predictions and pictures for a model
 
 Run ``facebatch SUBCOMMAND --help`` for the options of each.
 """
@@ -16,6 +18,8 @@ import sys
 SUBCOMMANDS = {
     "detect": "facebatch.commands.detect",
     "preprocess": "facebatch.preprocess.cli",
+    "train": "facebatch.training.cli",
+    "evaluate": "facebatch.evaluation.cli",
 }
 
 
@@ -47,7 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: ``facebatch [-v] COMMAND [options]``; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # key=value overrides may follow options (argparse cannot mix them with a nargs="*" positional)
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = list(args.overrides or []) + extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not getattr(args, "_run", None):

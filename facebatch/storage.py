@@ -56,3 +56,18 @@ def check_writable(uri: str, options: dict[str, Any] | None = None) -> None:
     except Exception as exc:
         raise PermissionError(f"cannot write to output {uri!r}: {type(exc).__name__}: {exc}. "
                               "Choose a folder or bucket you can write to (--output).") from None
+
+
+def arrow_filesystem(uri: str, endpoint_url: str | None = None):
+    """A pyarrow filesystem for Ray Data reads/writes of ``s3://`` with a custom endpoint, else ``None``."""
+    endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if not str(uri).startswith("s3://") or not endpoint:
+        return None
+    from urllib.parse import urlparse
+    import pyarrow.fs as pafs
+    u = urlparse(endpoint)
+    return pafs.S3FileSystem(endpoint_override=u.netloc or endpoint, scheme=u.scheme or "https",
+                             access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
+                             secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
+                             session_token=os.environ.get("AWS_SESSION_TOKEN"),
+                             region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))

@@ -1,0 +1,1 @@
+"""Evaluation of shipped or trained models on raw datasets or preprocess Parquet."""

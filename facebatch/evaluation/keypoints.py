@@ -1,0 +1,103 @@
+"""Evaluate a keypoint model: metrics.json (fixed keys), predictions.csv, evaluation.csv, curves, picture grids.
+
+Images where no face was found are not dropped: they are predicted with the model's mean
+shape placed in the centred square of the whole image, and count against the model.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..keypoints.metrics import mae_px, nme_interocular, pck, per_point_table, rmse_norm, write_table_csv
+from ..keypoints.models import predict_with_flip
+from ..keypoints.schemes import get_scheme
+from ..modelio import load_model
+from ..training.keypoint_task import FACE_FRAME_PX, convert_scheme
+from .common import crop_array, fallback_crop_box, load_rows
+
+METRIC_KEYS = ("n_images", "failed", "nme_interocular", "rmse_norm", "mae_px", "pck_5px", "pck_10px", "pck_15px")
+
+
+def predict_rows(model, meta: dict, rows: list[dict], batch_size: int = 64) -> np.ndarray:
+    """Unit-crop predictions ``(N, K, 2)`` for rows with a crop; NaN for the others."""
+    scheme = get_scheme(meta["scheme"])
+    size, grey = meta["input_size"], meta["grey"]
+    out = np.full((len(rows), scheme.n_points, 2), np.nan, np.float32)
+    idx = [i for i, r in enumerate(rows) if r["status"] == "ok" and r["crop"] is not None]
+    with torch.inference_mode():
+        for j in range(0, len(idx), batch_size):
+            sel = idx[j:j + batch_size]
+            x = torch.from_numpy(np.stack([crop_array(rows[i], size, grey) for i in sel])).permute(0, 3, 1, 2).float() / 255
+            y = predict_with_flip(model, x, scheme) if meta.get("flip_test") else model(x)
+            out[sel] = y.view(len(sel), -1, 2).numpy()
+    return out
+
+
+def evaluate_keypoints(model_name: str, src: str, fmt: str | None, outdir: str, labels: str | None = None,
+                       splits: list[str] | None = None, limit: int | None = None, address: str | None = None,
+                       n_pictures: int = 16) -> dict:
+    """Run the evaluation and write its files into ``outdir``; returns the metrics."""
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    model, info = load_model(model_name)
+    meta = info["meta"]
+    scheme = get_scheme(meta["scheme"])
+    rows = load_rows(src, fmt, out, labels=labels, address=address, splits=splits, limit=limit)
+    rows = [r for r in rows if r["keypoints"] is not None and (r["face_index"] or 0) <= 0]
+    if not rows:
+        raise ValueError(f"no labelled keypoints in {src}; evaluation needs a keypoint format (udacity68, kaggle15)")
+    unit = predict_rows(model, meta, rows)
+    failed = np.array([r["status"] != "ok" or r["crop"] is None for r in rows])
+    if failed.any():
+        mean_shape = np.nanmean(unit[~failed], axis=0) if (~failed).any() else np.full(unit.shape[1:], 0.5, np.float32)
+        unit[failed] = mean_shape
+    boxes = np.array([r["crop_box"] if not f else fallback_crop_box(r) for r, f in zip(rows, failed)], np.float32)
+    side = (boxes[:, 2] - boxes[:, 0])[:, None, None]
+    pred_orig = unit * side + boxes[:, None, :2]
+    tgt_orig = np.stack([convert_scheme(np.asarray(r["keypoints"], np.float32).reshape(-1, 2)[None],
+                                        r["keypoint_scheme"], scheme.name)[0] for r in rows])
+    tgt_unit = (tgt_orig - boxes[:, None, :2]) / side
+    metrics = {
+        "n_images": len(rows), "failed": int(failed.sum()),
+        "nme_interocular": nme_interocular(pred_orig, tgt_orig, scheme),
+        "rmse_norm": rmse_norm(unit, tgt_unit),
+        "mae_px": mae_px(unit * FACE_FRAME_PX, tgt_unit * FACE_FRAME_PX),
+        **{f"pck_{int(k)}px": v for k, v in pck(unit * FACE_FRAME_PX, tgt_unit * FACE_FRAME_PX).items()},
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_table_csv(per_point_table(unit * FACE_FRAME_PX, tgt_unit * FACE_FRAME_PX, scheme), out / "evaluation.csv")
+    with open(out / "predictions.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "status", "failed"] + [f"{a}{k}" for k in range(scheme.n_points) for a in ("x", "y")])
+        for r, fl, p in zip(rows, failed, pred_orig):
+            w.writerow([r["path"], r["status"], int(fl)] + [f"{v:.2f}" for v in p.reshape(-1)])
+    (out / "model.json").write_text(json.dumps({k: v for k, v in info.items() if k != "meta"} | {
+        "meta": {k: v for k, v in meta.items() if k != "history"}}, indent=2, default=str))
+    from .pictures import keypoint_grid, plot_curves
+    keypoint_grid(rows, failed, unit, tgt_unit, scheme, out / "samples.png", n=n_pictures)
+    if meta.get("history"):
+        plot_curves(meta["history"], out / "curves.png")
+    return metrics
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="shipped model name (keypoints68, keypoints15) or a model file")
+    p.add_argument("--input", required=True, help="raw dataset (detected and cropped here) or preprocess Parquet")
+    p.add_argument("--format", default=None, help="format of a raw dataset (udacity68, kaggle15, ...)")
+    p.add_argument("--output", required=True, help="folder for metrics.json, predictions.csv, evaluation.csv, plots")
+    p.add_argument("--labels", default=None, help="labels file for udacity68 given an image folder")
+    p.add_argument("--split", action="append", default=None, help="only rows of this split (repeatable)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N images")
+    p.add_argument("--address", default=None, help="Ray address for preprocessing a raw dataset")
+
+
+def run(args: argparse.Namespace) -> int:
+    m = evaluate_keypoints(args.model, args.input, args.format, args.output, labels=args.labels,
+                           splits=args.split, limit=args.limit, address=args.address)
+    print(json.dumps(m, indent=2))
+    return 0

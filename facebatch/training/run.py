@@ -1,0 +1,114 @@
+"""Ray Train glue: Parquet -> Ray Data -> TorchTrainer -> best model file, history and curves."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from .config import TrainConfig, default_storage
+from .loop import make_task, train_loop_per_worker
+
+log = logging.getLogger(__name__)
+
+
+def load_datasets(cfg: TrainConfig, task):
+    """``(train, val)`` Ray Datasets of decoded model inputs, materialised once for all epochs."""
+    import ray
+    from ..storage import arrow_filesystem
+    paths = cfg.data if isinstance(cfg.data, list) else [cfg.data]
+    for p in paths:
+        if "://" not in str(p) and not Path(p).exists():
+            raise FileNotFoundError(f"training data {p!r} not found; run `facebatch preprocess` first "
+                                    "or set data=... in the config")
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # our own per-epoch lines are enough in job logs
+    fs = arrow_filesystem(str(paths[0]))
+    ds = ray.data.read_parquet([str(p) for p in paths], columns=task.columns, filesystem=fs)
+    if cfg.limit:
+        ds = ds.limit(cfg.limit)
+    out = []
+    for splits in (cfg.train_splits, cfg.val_splits):
+        out.append(ds.map_batches(task.decode, fn_kwargs={"splits": list(splits)}, batch_format="numpy",
+                                  batch_size=256).materialize())
+    return out[0], out[1]
+
+
+def train(cfg: TrainConfig, address: str | None = None, resume: str | None = None) -> dict:
+    """Train with Ray Train; returns a summary (best metrics, paths). ``resume`` is a run name to continue."""
+    import ray.train
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ..raycluster import init_ray
+    task = make_task(cfg)
+    task.build_model()  # fail early on a bad model name or missing init weights
+    info = init_ray(address)
+    t0 = time.perf_counter()
+    train_ds, val_ds = load_datasets(cfg, task)
+    n_train, n_val = train_ds.count(), val_ds.count()
+    if n_train == 0 or n_val == 0:
+        raise ValueError(f"no usable rows: {n_train} for train splits {cfg.train_splits}, {n_val} for val splits "
+                         f"{cfg.val_splits} in {cfg.data}")
+    name = resume or cfg.name or f"{cfg.task}-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    storage = default_storage(cfg)
+    steps = math.ceil(n_train / cfg.num_workers / cfg.batch_size)
+    print(f"[facebatch train] {name}: {n_train} train / {n_val} val rows, {cfg.num_workers} worker(s), "
+          f"{'GPU' if cfg.use_gpu else 'CPU'}, {cfg.epochs} epochs; storage {storage}", flush=True)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg.to_dict(), "steps_per_epoch": steps},
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
+        run_config=RunConfig(name=name, storage_path=storage, failure_config=FailureConfig(max_failures=cfg.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        datasets={"train": train_ds, "val": val_ds},
+        dataset_config=DataConfig(datasets_to_split=["train", "val"]),
+    )
+    result = trainer.fit()
+    wall = time.perf_counter() - t0
+    with result.checkpoint.as_directory() as d:
+        st = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=True)
+    meta = json.loads(st["meta"])
+    history = meta["history"]
+    best_i = min(range(len(history)), key=lambda i: history[i][task.monitor] * (1 if task.mode == "min" else -1))
+    summary = {"run": name, "storage": storage, "checkpoint": result.checkpoint.path, "n_train": n_train, "n_val": n_val,
+               "best_epoch": best_i + 1, "best": history[best_i], "epochs_run": len(history),
+               "train_s": meta["train_s"], "wall_s": wall, "ray": info}
+    run_dir = Path(storage) / name if "://" not in storage else None
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "facebatch_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        (run_dir / "history.json").write_text(json.dumps(history, indent=2))
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        try:
+            from .plots import plot_history
+            plot_history(history, run_dir / "curves.png", task.monitor)
+        except Exception as exc:  # plots are a convenience; never fail a finished run over them
+            log.warning("could not draw curves: %s", exc)
+    if cfg.export:
+        summary["export"] = str(export_model(cfg, task, st["best_model"], summary, history))
+    return summary
+
+
+def export_model(cfg: TrainConfig, task, state: dict, summary: dict, history: list) -> Path:
+    """Write the best weights as a facebatch model file with everything a user needs in ``meta``."""
+    from ..modelio import save_model_file
+    from ..provenance import provenance
+    model = task.build_model()
+    model.load_state_dict(state)
+    from ..keypoints.models import count_flops, count_params
+    c = 1 if cfg.grey else 3
+    meta = {"input_size": cfg.input_size, "grey": cfg.grey, "scheme": cfg.scheme if cfg.task == "keypoints" else None,
+            "attributes": cfg.attributes if cfg.task == "attributes" else None, "flip_test": cfg.flip_test,
+            "params": count_params(model), "flops": count_flops(model, (1, c, cfg.input_size, cfg.input_size)),
+            "best_epoch": summary["best_epoch"], "metrics": summary["best"], "n_train": summary["n_train"],
+            "n_val": summary["n_val"], "train_s": summary["train_s"], "history": history, "config": cfg.to_dict(),
+            "run": summary["run"], "provenance": provenance()}
+    kwargs = {"input_size": cfg.input_size, **{k: v for k, v in cfg.model_kwargs.items() if k != "pretrained"}}
+    if cfg.task == "keypoints":
+        kwargs["n_points"] = task.scheme.n_points
+    return save_model_file(cfg.export, cfg.task, cfg.model, kwargs, model, meta, fp16=cfg.export_fp16)
