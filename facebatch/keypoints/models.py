@@ -224,8 +224,35 @@ def to_input(images: np.ndarray | torch.Tensor, in_channels: int) -> torch.Tenso
     return x.contiguous()
 
 
+class Kaggle15From68(nn.Module):
+    """A 68-point model whose output is mapped to the 15 Kaggle points by the fixed
+    :func:`facebatch.keypoints.schemes.ibug68_to_kaggle15` table (a linear map: means and picks).
+
+    Args:
+        n_points: must be 15.
+        base: registry name of the 68-point model; ``base_kwargs`` build it.
+    """
+
+    def __init__(self, n_points: int = 15, base: str = "mobilenet_face_kp", input_size: int = 128, **base_kwargs) -> None:
+        super().__init__()
+        from .schemes import IBUG68_TO_KAGGLE15
+        if n_points != 15:
+            raise ValueError("Kaggle15From68 predicts 15 points")
+        self.base = create_model(base, 68, input_size=input_size, **base_kwargs)
+        self.n_points, self.input_size, self.in_channels = 15, self.base.input_size, self.base.in_channels
+        m = torch.zeros(15, 68)
+        for row, (_, idx) in enumerate(IBUG68_TO_KAGGLE15):
+            m[row, list(idx)] = 1.0 / len(idx)
+        self.register_buffer("mapping", m, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pts = self.base(x).view(x.shape[0], 68, 2)
+        return torch.einsum("kj,bjc->bkc", self.mapping, pts).reshape(x.shape[0], 30)
+
+
 # ---------------------------------------------------------------- registry
 MODELS: dict[str, Callable[..., KeypointModel]] = {
+    "kaggle15_from_ibug68": Kaggle15From68,
     "seed000_resnet18_mlp": ResNet18MLP,
     "seed001_cnn": KaggleCNN,
     "seed001_se_cnn": lambda n_points, **kw: KaggleCNN(n_points, se_reduction=8, **kw),

@@ -207,8 +207,9 @@ def detector_info(cfg: PreprocessConfig, random_weights: bool = False) -> dict:
         from ..detection.mobilenet_backend import WEIGHTS_FILE
         path = find_weights(WEIGHTS_FILE, cfg.detector.weights_dir)
     else:
-        from ..detection.resnet50 import find_resnet50_weights
-        path = find_resnet50_weights(cfg.detector.weights_dir)
+        from ..detection.resnet50 import WEIGHTS_FILE, deepface_weights_dir
+        path = find_weights(WEIGHTS_FILE, cfg.detector.weights_dir, extra=[deepface_weights_dir()],
+                            hint="retina-face's own weights; they are downloaded by the package where a network exists.")
     return {"backend": cfg.detector.backend, "weights": str(path), "weights_sha256": sha256_file(path)}
 
 

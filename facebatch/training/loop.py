@@ -99,6 +99,7 @@ def train_loop_per_worker(config: dict) -> None:
             scaler.update()
             loss_sum += torch.tensor([loss.item() * len(x), len(x)])
             step += 1
+        train_phase_s = time.perf_counter() - t0
         model.eval()
         sums = None
         with torch.inference_mode():
@@ -116,7 +117,8 @@ def train_loop_per_worker(config: dict) -> None:
         train_s += epoch_s
         metrics = {"epoch": epoch, "train_loss": float(loss_sum[0] / max(1, loss_sum[1])),
                    "lr": lr_at(cfg, step - 1, steps_per_epoch), "epoch_s": epoch_s, "train_s": train_s,
-                   "images_per_s": float(loss_sum[1]) / epoch_s, **task.finalize(sums)}
+                   "images_per_s": float(loss_sum[1]) / epoch_s,
+                   "train_images_per_s": float(loss_sum[1]) / max(1e-9, train_phase_s), **task.finalize(sums)}
         history.append(metrics)
         score = metrics[task.monitor]
         improved = best is None or (score < best if task.mode == "min" else score > best)
