@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .raycluster import local_ray_env, resolve_address
+    if resolve_address(getattr(args, "address", None)) is None:
+        local_ray_env()  # before anything imports ray
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
     """
     addr = resolve_address(address)
     if addr is None:
+        if "ray" in sys.modules and any(os.environ.get(k) != v for k, v in LOCAL_ENV.items()):
+            log.warning("ray was imported before facebatch set %s; a local Ray may listen on more than "
+                        "127.0.0.1. Call facebatch.raycluster.local_ray_env() before importing ray.",
+                        ", ".join(LOCAL_ENV))
         local_ray_env()
     import ray
 

@@ -255,9 +255,9 @@ def run_preprocess(cfg: PreprocessConfig, address: str | None = None, random_wei
     t_ray = time.perf_counter()
     info = {}
     if todo:
-        import ray
         from ..raycluster import init_ray
-        info = init_ray(address)
+        info = init_ray(address)  # before importing ray: the local-Ray settings are read at import
+        import ray
         n, cpw, threads = plan_workers(cfg, info["resources"].get("CPU", 1), info["resources"].get("GPU", 0))
         n = min(n, len(todo))
         log.info("detection actors: %d x %.2f CPU, %d threads", n, cpw, threads)

@@ -40,13 +40,12 @@ def load_datasets(cfg: TrainConfig, task):
 
 def train(cfg: TrainConfig, address: str | None = None, resume: str | None = None) -> dict:
     """Train with Ray Train; returns a summary (best metrics, paths). ``resume`` is a run name to continue."""
-    import ray.train
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
     from ..raycluster import init_ray
     task = make_task(cfg)
     task.build_model()  # fail early on a bad model name or missing init weights
-    info = init_ray(address)
+    info = init_ray(address)  # before importing ray: the local-Ray settings are read at import
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
     t0 = time.perf_counter()
     train_ds, val_ds = load_datasets(cfg, task)
     n_train, n_val = train_ds.count(), val_ds.count()
