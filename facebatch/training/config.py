@@ -29,6 +29,7 @@ class TrainConfig:
         storage_path, name: where checkpoints go (local or s3://); name defaults to model + time.
         max_failures: worker failures to recover from (resuming from the last checkpoint).
         export: write the best model to this file at the end (``.pt``), optionally fp16.
+        init_from: start from the weights of this model file or shipped model (fine-tuning).
         seed: random seed.
     """
 
@@ -61,6 +62,7 @@ class TrainConfig:
     export: str | None = None
     export_fp16: bool = False
     limit: int | None = None
+    init_from: str | None = None
     seed: int = 0
 
     def to_dict(self) -> dict:

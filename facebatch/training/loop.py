@@ -59,6 +59,9 @@ def train_loop_per_worker(config: dict) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start_epoch, history, best, best_state, train_s = 0, [], None, None, 0.0
     ckpt = ray.train.get_checkpoint()
+    if cfg.init_from and not ckpt:
+        from ..modelio import load_model
+        model.load_state_dict(load_model(cfg.init_from)[0].state_dict())
     if ckpt:
         with ckpt.as_directory() as d:
             st = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=True)
