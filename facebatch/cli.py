@@ -3,7 +3,8 @@
     facebatch detect IMAGE...            detect faces in a few images, print JSON (no Ray)
     facebatch preprocess ...             Ray Data job: images -> detected, cropped faces in Parquet
     facebatch train keypoints|attributes Ray Train job: Parquet -> keypoint or attribute model
-    facebatch evaluate keypoints ...     metrics, predictions and pictures for a model
+    facebatch evaluate keypoints|attributes|identity ...  metrics, predictions and pictures for a model
+    facebatch enroll ...                 people folders -> identity gallery; --match photos against it
 
 Run ``facebatch SUBCOMMAND --help`` for the options of each.
 """
@@ -20,6 +21,7 @@ SUBCOMMANDS = {
     "preprocess": "facebatch.preprocess.cli",
     "train": "facebatch.training.cli",
     "evaluate": "facebatch.evaluation.cli",
+    "enroll": "facebatch.commands.enroll",
 }
 
 

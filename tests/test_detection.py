@@ -124,3 +124,20 @@ def test_corrupt_and_mismatched_weights_give_clear_errors(tmp_path, mobilenet_we
     torch.save(state, bad)
     with pytest.raises(WeightsError, match="does not match"):
         create_detector("mobilenet", weights_path=str(bad))
+
+
+def test_inference_network_matches_the_published_one(mobilenet_detector, udacity_sample):
+    """The folded, channels-last copy that forward runs gives the strictly loaded network's outputs."""
+    backend = mobilenet_detector.backend
+    imgs = [backend.to_tensor(img, 1.0) for _, img, _ in udacity_sample[:4]]
+    h = max(t.shape[1] for t in imgs) // 32 * 32 + 32
+    w = max(t.shape[2] for t in imgs) // 32 * 32 + 32
+    batch = torch.zeros((len(imgs), 3, h, w))
+    for k, t in enumerate(imgs):
+        batch[k, :, : t.shape[1], : t.shape[2]] = t
+    with torch.inference_mode():
+        ref = backend.net(batch)
+        fast = backend.fast_net(batch.contiguous(memory_format=torch.channels_last))
+    for a, b in zip(ref, fast):
+        assert torch.allclose(a, b, atol=1e-3, rtol=1e-3), (a - b).abs().max()
+    assert backend.fast_net is not backend.net

@@ -26,13 +26,30 @@ def load_mobilenet_retinaface(weights_dir: str | None = None, path: str | None =
     return net.eval(), wpath
 
 
+def inference_network(net: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``net`` for inference: batch norms folded into the convolutions, channels-last layout.
+
+    Same outputs to float rounding (checked in the tests); on CPU about 1.7x faster for this
+    network, mostly from the channels-last depthwise convolutions. Falls back to ``net`` itself
+    (channels-last only) where torch.fx cannot trace it.
+    """
+    import copy
+    try:
+        from torch.fx.experimental.optimization import fuse
+        fast = fuse(copy.deepcopy(net).eval())
+    except Exception:  # pragma: no cover - tracing is known to work for RetinaFaceMobileNet
+        fast = net
+    return fast.to(memory_format=torch.channels_last)
+
+
 class MobileNetBackend:
     name = "mobilenet"
     pad_multiple = 32
 
     def __init__(self, weights_dir: str | None = None, device: str = "cpu", weights_path: str | None = None) -> None:
         net, wpath = load_mobilenet_retinaface(weights_dir, weights_path)
-        self.net = net.to(device)
+        self.net = net.to(device)  # the strictly loaded network, as published
+        self.fast_net = inference_network(self.net)  # what forward runs
         self.weights_path = wpath
         self.weights_sha256 = sha256_file(wpath)
         self.priors = PriorConfig()
@@ -44,7 +61,7 @@ class MobileNetBackend:
 
     def forward(self, batch, sizes, score_threshold, top_k):
         hp, wp = batch.shape[-2:]
-        loc, conf, landm = self.net(batch)
+        loc, conf, landm = self.fast_net(batch.contiguous(memory_format=torch.channels_last))
         priors = prior_boxes(hp, wp, self.priors).to(batch.device)
         scores = torch.softmax(conf, dim=-1)[..., 1]
         scale = torch.tensor([wp, hp], dtype=torch.float32, device=batch.device)

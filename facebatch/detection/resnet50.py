@@ -90,7 +90,9 @@ class ResNet50Backend:
     def __init__(self, weights_dir: str | None = None, device: str = "cpu", weights_path: str | None = None,
                  random_weights: bool = False) -> None:
         net, wpath = load_resnet50_retinaface(weights_dir, weights_path, random_weights)
-        self.net = net.to(device)
+        # channels-last weights: the package permutes its NHWC input to a channels-last NCHW view,
+        # so the convolutions run in that layout without copies (a few % faster on CPU)
+        self.net = net.to(device).to(memory_format=torch.channels_last)
         self.weights_path = wpath
         self.weights_sha256 = sha256_file(wpath) if wpath else None
         self._valid: tuple[int, int, list[tuple[int, int]]] | None = None  # set only inside forward

@@ -3,13 +3,18 @@
 keypoints writes OUTDIR/metrics.json with n_images, failed, nme_interocular, rmse_norm,
 mae_px, pck_5px, pck_10px, pck_15px, plus predictions.csv, evaluation.csv (per point),
 samples.png (truth green, prediction red) and curves.png (from the model's training history).
+attributes writes OUTDIR/metrics.json with one object per attribute (n, failed, accuracy,
+balanced_accuracy, precision, recall_pos, recall_neg, f1, roc_auc, confusion), predictions.csv
+and confusion_<attribute>.png. identity writes top1 (gallery of train-split people, test-split
+probes) and verification_accuracy (pairs of val-split people unseen in training).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 
-KINDS = {"keypoints": "facebatch.evaluation.keypoints"}
+KINDS = {"keypoints": "facebatch.evaluation.keypoints", "attributes": "facebatch.evaluation.attributes",
+         "identity": "facebatch.evaluation.identity"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

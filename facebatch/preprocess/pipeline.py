@@ -252,6 +252,7 @@ def run_preprocess(cfg: PreprocessConfig, address: str | None = None, random_wei
     progress = Progress(total=len(records), mode=cfg.progress, every=cfg.log_every,
                         initial=sum(done[i]["n_inputs"] for i in done))
     results = dict(done)
+    finished: list[tuple[float, int]] = []  # (time, inputs) as shards complete
     t_ray = time.perf_counter()
     info = {}
     if todo:
@@ -275,13 +276,26 @@ def run_preprocess(cfg: PreprocessConfig, address: str | None = None, random_wei
         for row in ds.iter_rows():
             st = json.loads(row["stats"])
             results[st["shard_id"]] = st
+            finished.append((time.perf_counter(), st["n_inputs"]))
             progress.update(st["n_inputs"], st["input_status_counts"])
     progress.close()
     wall = time.perf_counter() - t_start
     summary = summarise(cfg, records, shards, results, done, wall, time.perf_counter() - t_ray, info, options)
+    summary["steady_images_per_s"] = steady_rate(finished)
     with fs.open(join(root, SUMMARY_FILE), "w") as f:
         json.dump(summary, f, indent=2)
     return summary
+
+
+def steady_rate(finished: list[tuple[float, int]]) -> float | None:
+    """Images/s between the first and the last finished shard: throughput once Ray and the actors are up.
+
+    Start-up (Ray, actor construction, the first shard) is a fixed cost that hides how a run scales
+    with workers; this rate leaves it out. ``None`` with fewer than 3 shards.
+    """
+    if len(finished) < 3 or finished[-1][0] <= finished[0][0]:
+        return None
+    return round(sum(n for _, n in finished[1:]) / (finished[-1][0] - finished[0][0]), 2)
 
 
 def summarise(cfg, records, shards, results, done, wall, processing_s, info, options) -> dict:

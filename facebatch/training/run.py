@@ -110,4 +110,7 @@ def export_model(cfg: TrainConfig, task, state: dict, summary: dict, history: li
     kwargs = {"input_size": cfg.input_size, **{k: v for k, v in cfg.model_kwargs.items() if k != "pretrained"}}
     if cfg.task == "keypoints":
         kwargs["n_points"] = task.scheme.n_points
+    else:  # the attribute task knows its model's kwargs, attribute names, identity list (and fits thresholds)
+        kwargs, extra = task.export(model)
+        meta.update(extra)
     return save_model_file(cfg.export, cfg.task, cfg.model, kwargs, model, meta, fp16=cfg.export_fp16)

@@ -1,0 +1,180 @@
+"""Evaluate an attribute model: metrics.json per attribute, predictions.csv, confusion-matrix PNGs.
+
+    facebatch evaluate attributes --model attributes --input ../shared/data/genki4k --format genki --output out/eval-genki
+    facebatch evaluate attributes --model M.pt --input out/celeba6k --split test --output out/eval-celeba
+
+MODEL is a shipped name (``attributes``) or a model file. SRC is a raw dataset (detected and
+cropped first, into OUTDIR/preprocess; give --format celeba, genki or csv) or a preprocess
+Parquet output. OUTDIR/metrics.json holds one object per attribute that the model predicts
+and the labels hold (``{"smile": {...}, "eyeglasses": {...}}``), each with exactly ``n, failed,
+accuracy, balanced_accuracy, precision, recall_pos, recall_neg, f1, roc_auc, confusion``
+(``confusion`` = ``[[tn, fp], [fn, tp]]``; undefined values are null). Images where no face was
+found are not dropped: they count as wrong (``failed``). Also written: predictions.csv (label,
+score, prediction per attribute and image), confusion_<attribute>.png and model.json.
+Decisions: sigmoid >= 0.5 (multitask), softmax >= 0.5 (seed CNNs), reconstruction error <=
+the fitted threshold (seed002 autoencoder; the score is the negated error).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..attributes.metrics import BINARY_KEYS, binary_metrics
+from ..modelio import load_model
+from .common import crop_array, load_rows
+
+EMBEDDING_MODELS = ("multitask", "seed003_cnn")
+
+
+def _json_safe(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    return v
+
+
+def load_attribute_model(name_or_path: str):
+    """``(model, info)`` of an attribute model file (see :func:`facebatch.modelio.load_model`)."""
+    model, info = load_model(name_or_path)
+    if info["task"] != "attributes":
+        raise ValueError(f"{info['path']} is a {info['task']} model, not an attribute model")
+    return model, info
+
+
+def input_batches(rows: list[dict], size: int, batch_size: int = 64):
+    """``(indices, x)`` batches for the rows that have a crop; ``x`` is RGB [0, 1] ``(B, 3, S, S)``."""
+    idx = [i for i, r in enumerate(rows) if r["status"] == "ok" and r["crop"] is not None]
+    for j in range(0, len(idx), batch_size):
+        sel = idx[j:j + batch_size]
+        x = torch.from_numpy(np.stack([crop_array(rows[i], size, False) for i in sel])).permute(0, 3, 1, 2).float() / 255
+        yield sel, x
+
+
+def attribute_scores(model, info: dict, x: torch.Tensor) -> dict[str, tuple[np.ndarray, float]]:
+    """Per attribute of the model: ``(scores (B,), decision threshold on them)``."""
+    name, meta = info["model"], info["meta"]
+    attrs = meta.get("attributes") or []
+    if name == "multitask":
+        out = model(x)
+        return {a: (torch.sigmoid(out[a].float()).numpy(), 0.5) for a in attrs}
+    if name == "seed002_autoencoder":
+        thr = float(model.threshold)
+        if math.isnan(thr):
+            raise ValueError(f"{info['path']}: the autoencoder's threshold was never fitted")
+        return {attrs[0]: (model.score(x).numpy(), -thr)}
+    if name in ("seed002_cnn", "seed004_cnn"):
+        return {attrs[0]: (torch.softmax(model(x).float(), 1)[:, 1].numpy(), 0.5)}
+    raise ValueError(f"model {name!r} predicts no binary attribute")
+
+
+def embed(model, info: dict, x: torch.Tensor) -> torch.Tensor:
+    """Unit-length identity embeddings ``(B, d)``: the multitask embedding head, or seed003's
+    penultimate (512-d dense) layer."""
+    name = info["model"]
+    if name == "multitask":
+        return model(x)["embedding"].float()
+    if name == "seed003_cnn":
+        f = model.classifier[:4](model.features(x))  # pool, flatten, dense 512, ReLU
+        return torch.nn.functional.normalize(f.float(), dim=1)
+    raise ValueError(f"model {name!r} has no identity embedding; use a multitask or seed003_cnn model")
+
+
+def embed_rows(model, info: dict, rows: list[dict], batch_size: int = 64) -> np.ndarray:
+    """Embeddings ``(N, d)`` of rows (NaN rows where there is no crop)."""
+    size = info["meta"]["input_size"]
+    out = None
+    with torch.inference_mode():
+        for sel, x in input_batches(rows, size, batch_size):
+            e = embed(model, info, x).numpy()
+            if out is None:
+                out = np.full((len(rows), e.shape[1]), np.nan, np.float32)
+            out[sel] = e
+    return out if out is not None else np.full((len(rows), 1), np.nan, np.float32)
+
+
+def score_rows(model, info: dict, rows: list[dict], batch_size: int = 64) -> tuple[dict, dict]:
+    """``(scores {attr: (N,) NaN where no crop}, thresholds {attr: t})``."""
+    size = info["meta"]["input_size"]
+    attrs = info["meta"].get("attributes") or []
+    scores = {a: np.full(len(rows), np.nan) for a in attrs}
+    thr = {}
+    with torch.inference_mode():
+        for sel, x in input_batches(rows, size, batch_size):
+            for a, (s, t) in attribute_scores(model, info, x).items():
+                scores[a][sel] = s
+                thr[a] = t
+    if not thr:  # no crops at all: thresholds from one dummy input
+        with torch.inference_mode():
+            thr = {a: t for a, (_, t) in attribute_scores(model, info, torch.zeros(1, 3, size, size)).items()}
+    return scores, thr
+
+
+def evaluate_attributes(model_name: str, src: str, fmt: str | None, outdir: str, labels: str | None = None,
+                        splits: list[str] | None = None, limit: int | None = None, address: str | None = None) -> dict:
+    """Run the evaluation and write its files into ``outdir``; returns the metrics."""
+    from ..attributes.plots import save_confusion_png
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    model, info = load_attribute_model(model_name)
+    meta = info["meta"]
+    attrs = meta.get("attributes") or []
+    if not attrs:
+        raise ValueError(f"{info['path']} predicts no binary attribute (an identity model: use `evaluate identity`)")
+    rows = load_rows(src, fmt, out, labels=labels, address=address, splits=splits, limit=limit)
+    rows = [r for r in rows if (r["face_index"] or 0) <= 0]
+    lab = [json.loads(r["attributes"]) if r["attributes"] else {} for r in rows]
+    present = [a for a in attrs if any(x.get(a) is not None for x in lab)]
+    if not present:
+        raise ValueError(f"no labels for the model's attributes {attrs} in {src}")
+    failed = np.array([r["status"] != "ok" or r["crop"] is None for r in rows])
+    scores, thr = score_rows(model, info, rows)
+    metrics = {}
+    for a in present:
+        sel = np.array([x.get(a) is not None for x in lab])
+        y = np.array([x[a] for x in lab if x.get(a) is not None], np.int64)
+        m = binary_metrics(y, scores[a][sel], failed[sel], threshold=thr[a])
+        assert tuple(m) == BINARY_KEYS
+        metrics[a] = _json_safe(m)
+        save_confusion_png(m["confusion"], out / f"confusion_{a}.png", labels=("no", "yes"),
+                           title=f"{a}: {Path(info['path']).name}, n={m['n']}, failed={m['failed']}")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    with open(out / "predictions.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "split", "status", "failed"] + [f"{a}_{k}" for a in attrs for k in ("label", "score", "pred")])
+        for i, r in enumerate(rows):
+            cells = []
+            for a in attrs:
+                s = scores[a][i]
+                cells += ["" if lab[i].get(a) is None else int(lab[i][a]),
+                          "" if failed[i] else f"{s:.5f}", "" if failed[i] else int(s >= thr[a])]
+            w.writerow([r["path"], r["split"], r["status"], int(failed[i])] + cells)
+    (out / "model.json").write_text(json.dumps({k: v for k, v in info.items() if k != "meta"} | {
+        "meta": {k: v for k, v in meta.items() if k not in ("history", "identities")}}, indent=2, default=str))
+    return metrics
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="shipped model name (attributes) or a model file")
+    p.add_argument("--input", required=True, help="raw dataset (detected and cropped here) or preprocess Parquet")
+    p.add_argument("--format", default=None, help="format of a raw dataset (celeba, genki, csv)")
+    p.add_argument("--output", required=True, help="folder for metrics.json, predictions.csv, confusion PNGs")
+    p.add_argument("--labels", default=None, help="labels file when it is not where the format expects it")
+    p.add_argument("--split", action="append", default=None, help="only rows of this split (repeatable)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N images")
+    p.add_argument("--address", default=None, help="Ray address for preprocessing a raw dataset")
+
+
+def run(args: argparse.Namespace) -> int:
+    m = evaluate_attributes(args.model, args.input, args.format, args.output, labels=args.labels,
+                            splits=args.split, limit=args.limit, address=args.address)
+    print(json.dumps(m, indent=2))
+    return 0

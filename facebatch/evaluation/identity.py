@@ -1,0 +1,157 @@
+"""Evaluate identity embeddings: closed-set top-1 against a gallery, and verification on unseen people.
+
+    facebatch evaluate identity --model attributes --input out/celeba6k --output out/eval-identity
+    facebatch evaluate identity --model M.pt --input ../shared/data/celeba6k --format celeba --output DIR
+
+MODEL is a shipped name (``attributes``) or a model file with an identity embedding (multitask;
+seed003_cnn uses its penultimate 512-d layer). SRC is a raw dataset with identities (--format
+celeba, classes or csv; detected and cropped into OUTDIR/preprocess) or a preprocess Parquet
+output, with the preprocess splits: celeba6k's ``test`` is its test_dataset folder (6 images of
+each of the 200 people), ``val`` is a hashed 10% of the people (their train_dataset images) and
+``train`` is the rest.
+
+Protocol (all numbers from unit-length embeddings and cosine similarity):
+
+* ``top1`` (closed set): a :class:`~facebatch.attributes.gallery.Gallery` of per-person centroids
+  is enrolled from the embeddings of every ``train``-split image (all people with train rows),
+  and every ``test``-split image of a person in that gallery is classified as the nearest
+  centroid. Test images of people not in the gallery are left out (``n_probe_excluded``);
+  images where no face was found count as wrong. ``top1_classifier`` is the same probes
+  classified by the model's own class head (margin head or seed003 logits) when it has one.
+* ``verification_accuracy``: LFW-style, on balanced same/different pairs (up to 6,000) of the
+  ``val``-split images of people the model was not trained on (the model file's identity list;
+  all val people when it has none), 10-fold cross-validated threshold
+  (:func:`~facebatch.attributes.metrics.verification_accuracy`). Images without a face cannot be
+  paired and are left out (``verification_failed``). ``verification_threshold`` (mean fold
+  threshold) is a starting point for ``facebatch enroll --match --threshold``.
+
+Writes OUTDIR/metrics.json, predictions.csv (test probes: truth, prediction, similarity) and model.json.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..attributes.gallery import Gallery
+from ..attributes.metrics import make_pairs, top1_accuracy, verification_accuracy
+from .attributes import _json_safe, embed_rows, input_batches, load_attribute_model
+from .common import load_rows
+
+
+def classifier_predictions(model, info: dict, rows: list[dict], batch_size: int = 64) -> np.ndarray | None:
+    """Class index per row from the model's own identity head (-1 without a crop), or None."""
+    ids = info["meta"].get("identities")
+    if not ids:
+        return None
+    pred = np.full(len(rows), -1, np.int64)
+    with torch.inference_mode():
+        for sel, x in input_batches(rows, info["meta"]["input_size"], batch_size):
+            out = model(x)
+            if isinstance(out, dict):
+                if "identity_logits" not in out:
+                    return None
+                out = out["identity_logits"]
+            pred[sel] = out.argmax(1).numpy()
+    return pred
+
+
+def evaluate_identity(model_name: str, src: str, fmt: str | None, outdir: str, labels: str | None = None,
+                      limit: int | None = None, address: str | None = None, gallery_splits=("train",),
+                      probe_splits=("test",), verification_splits=("val",), n_pairs: int = 6000, seed: int = 0) -> dict:
+    """Run the identity evaluation and write its files into ``outdir``; returns the metrics."""
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    model, info = load_attribute_model(model_name)
+    meta = info["meta"]
+    rows = load_rows(src, fmt, out, labels=labels, address=address, limit=limit)
+    rows = [r for r in rows if (r["face_index"] or 0) <= 0 and r["identity"] is not None]
+    if not rows:
+        raise ValueError(f"no rows with an identity in {src}; identity evaluation needs celeba, classes or csv data")
+    failed = np.array([r["status"] != "ok" or r["crop"] is None for r in rows])
+    emb = embed_rows(model, info, rows)
+    split = np.array([r["split"] for r in rows])
+    ident = np.array([r["identity"] for r in rows])
+
+    gal = np.isin(split, gallery_splits) & ~failed
+    if not gal.any():
+        raise ValueError(f"no {'/'.join(gallery_splits)} rows with a face in {src} to enroll a gallery from")
+    gallery = Gallery.from_embeddings(emb[gal], ident[gal], model_name=info["model"], model_hash=info["sha256"])
+    names = {n: i for i, n in enumerate(gallery.names)}
+    in_probe = np.isin(split, probe_splits)
+    probe = in_probe & np.isin(ident, gallery.names)
+    metrics: dict = {"top1": None, "n_probe": int(probe.sum()), "probe_failed": int((probe & failed).sum()),
+                     "n_probe_excluded": int((in_probe & ~probe).sum()), "gallery_persons": len(gallery),
+                     "gallery_images": int(gal.sum())}
+    p_idx = np.flatnonzero(probe)
+    pred_names, sims = [""] * len(p_idx), np.full(len(p_idx), np.nan)
+    if len(p_idx):
+        ok = ~failed[p_idx]
+        pred = np.full(len(p_idx), -1)
+        if ok.any():
+            s = gallery.similarities(emb[p_idx[ok]])
+            pred[ok] = s.argmax(1)
+            sims[ok] = s.max(1)
+        truth = np.array([names[n] for n in ident[p_idx]])
+        metrics["top1"] = top1_accuracy(truth, pred, failed[p_idx])
+        pred_names = [gallery.names[k] if k >= 0 else "" for k in pred]
+        cls = classifier_predictions(model, info, [rows[i] for i in p_idx])
+        if cls is not None:
+            classes = meta["identities"]
+            cls_names = np.array([classes[k] if k >= 0 else "" for k in cls])
+            metrics["top1_classifier"] = float(np.mean((cls_names == ident[p_idx]) & ~failed[p_idx]))
+
+    trained = set(meta.get("identities") or [])
+    ver = np.isin(split, verification_splits) & ~np.isin(ident, sorted(trained))
+    metrics.update({"verification_accuracy": None, "verification_persons": int(len(set(ident[ver]))),
+                    "verification_images": int((ver & ~failed).sum()), "verification_failed": int((ver & failed).sum())})
+    v_idx = np.flatnonzero(ver & ~failed)
+    if len(set(ident[v_idx])) >= 2:
+        try:
+            pairs, _ = make_pairs(ident[v_idx], n_pairs, seed)
+        except ValueError as exc:  # nobody with two images
+            metrics["verification_note"] = str(exc)
+        else:
+            v = verification_accuracy(emb[v_idx], ident[v_idx], pairs=pairs, seed=seed,
+                                      n_folds=min(10, max(2, len(pairs) // 2)))
+            metrics.update({"verification_accuracy": v["accuracy"], "verification_accuracy_std": v["accuracy_std"],
+                            "verification_threshold": v["threshold"], "verification_roc_auc": v["roc_auc"],
+                            "verification_pairs": v["n_pairs"], "verification_folds": v["n_folds"]})
+    else:
+        metrics["verification_note"] = (f"fewer than two people of split(s) {list(verification_splits)} outside "
+                                         "the model's training identities")
+    metrics["protocol"] = {"gallery_splits": list(gallery_splits), "probe_splits": list(probe_splits),
+                           "verification_splits": list(verification_splits), "n_pairs_requested": n_pairs, "seed": seed}
+    metrics = _json_safe(metrics)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    with open(out / "predictions.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "split", "identity", "failed", "predicted", "similarity"])
+        for k, i in enumerate(p_idx):
+            w.writerow([rows[i]["path"], rows[i]["split"], rows[i]["identity"], int(failed[i]), pred_names[k],
+                        "" if np.isnan(sims[k]) else f"{sims[k]:.5f}"])
+    (out / "model.json").write_text(json.dumps({k: v for k, v in info.items() if k != "meta"} | {
+        "meta": {k: v for k, v in meta.items() if k not in ("history", "identities")}}, indent=2, default=str))
+    return metrics
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="shipped model name (attributes) or a model file")
+    p.add_argument("--input", required=True, help="raw dataset with identities or preprocess Parquet")
+    p.add_argument("--format", default=None, help="format of a raw dataset (celeba, classes, csv)")
+    p.add_argument("--output", required=True, help="folder for metrics.json and predictions.csv")
+    p.add_argument("--labels", default=None, help="labels file when it is not where the format expects it")
+    p.add_argument("--pairs", type=int, default=6000, help="verification pairs to sample (half same, half different)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N images")
+    p.add_argument("--address", default=None, help="Ray address for preprocessing a raw dataset")
+
+
+def run(args: argparse.Namespace) -> int:
+    m = evaluate_identity(args.model, args.input, args.format, args.output, labels=args.labels,
+                          limit=args.limit, address=args.address, n_pairs=args.pairs)
+    print(json.dumps(m, indent=2))
+    return 0
