@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from facebatch.attributes.metrics import (BINARY_KEYS, average_ranks, best_threshold, binary_metrics, make_pairs,
+from facebatch.attributes.metrics import (BINARY_KEYS, average_ranks, balanced_threshold, best_threshold, binary_metrics,
+                                          make_pairs,
                                           roc_auc, top1_accuracy, verification_accuracy)
 
 NAN = float("nan")
@@ -124,3 +125,17 @@ def test_confusion_png(tmp_path):
         assert im.format == "PNG" and im.size[0] > 200 and im.size[1] > 200
     with pytest.raises(ValueError):
         save_confusion_png([[1, 2]], tmp_path / "bad.png")
+
+
+def test_balanced_threshold_separates_a_rare_class():
+    # 3 positives among 20; scores separate them at 0.2-0.3, far from 0.5
+    neg = np.linspace(0.0, 0.18, 17)
+    y = [0] * 17 + [1, 1, 1]
+    t = balanced_threshold(y, np.concatenate([neg, [0.3, 0.35, 0.9]]))
+    assert 0.18 < t <= 0.3
+    m = binary_metrics(y, np.concatenate([neg, [0.3, 0.35, 0.9]]), threshold=t)
+    assert m["balanced_accuracy"] == 1.0
+    assert binary_metrics(y, np.concatenate([neg, [0.3, 0.35, 0.9]]))["balanced_accuracy"] < 1.0
+    # one class only: no information, keep 0.5; thresholds stay inside [lo, hi]
+    assert balanced_threshold([1, 1], [0.2, 0.3]) == 0.5
+    assert 0.02 <= balanced_threshold([0, 1], [0.0, 0.001]) <= 0.98

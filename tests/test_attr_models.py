@@ -266,3 +266,22 @@ def test_pretrained_retina_backbone_overfits_real_faces(celeba_root, mobilenet_w
     with torch.no_grad():
         out = model(x)
     assert (out["identity_logits"].argmax(1) == targets["identity"]).float().mean() >= 0.9
+
+
+def test_retina_backbone_starts_from_the_keypoint_model_body():
+    """pretrained="keypoints68" copies the shipped keypoint model's MobileNet body exactly."""
+    from facebatch.modelio import read_model_file, resolve_model_path
+    net = MultiTaskFaceNet("retina_mobilenet", pretrained="keypoints68", input_size=64, n_identities=3)
+    src = read_model_file(resolve_model_path("keypoints68"))["state_dict"]
+    body = net.backbone.body.state_dict()
+    assert body and all(torch.equal(v, src["body." + k].float()) for k, v in body.items())
+    assert net.config["backbone_weights_sha256"]
+    with pytest.raises(ValueError, match="no MobileNet body"):
+        from facebatch.attributes.models import RetinaMobileNetBackbone
+        import tempfile
+        with tempfile.TemporaryDirectory() as d:
+            p = Path(d) / "x.pt"
+            obj = read_model_file(resolve_model_path("keypoints68"))
+            obj["state_dict"] = {"other.weight": torch.zeros(1)}
+            torch.save(obj, p)
+            RetinaMobileNetBackbone(pretrained=str(p))

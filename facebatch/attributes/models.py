@@ -304,19 +304,34 @@ class RetinaMobileNetBackbone(nn.Module):
     :class:`MultiTaskFaceNet` puts ``InputNorm("retina_bgr")`` in front of it.
 
     Args:
-        pretrained: copy the body weights from the detector's ``mobilenet0.25_Final.pth``.
+        pretrained: ``True`` (or ``"detector"``) copies the body weights from the detector's
+            ``mobilenet0.25_Final.pth``; a shipped model name or model file (``"keypoints68"``)
+            copies the body of that model instead.
         weights_path: explicit weights file (default: the usual weights search).
     """
 
     out_channels = 256
 
-    def __init__(self, pretrained: bool = False, weights_path: str | None = None) -> None:
+    def __init__(self, pretrained: bool | str = False, weights_path: str | None = None) -> None:
         super().__init__()
         from ..detection.mobilenet import MobileNetV1
 
         self.body = MobileNetV1()
         self.weights_sha256: str | None = None
-        if pretrained:
+        if isinstance(pretrained, str) and pretrained not in ("detector", "true"):
+            # a facebatch model whose network has the same MobileNet-0.25 body (e.g. keypoints68):
+            # start from features trained for landmarks, which encode the eyes and the mouth
+            from ..modelio import read_model_file, resolve_model_path
+            from ..weights import sha256_file
+
+            path = resolve_model_path(pretrained)
+            state = {k[len("body."):]: v.float() for k, v in read_model_file(path)["state_dict"].items()
+                     if k.startswith("body.")}
+            if not state:
+                raise ValueError(f"{path} has no MobileNet body (keys body.*) to start the attribute backbone from")
+            self.body.load_state_dict(state, strict=True)
+            self.weights_sha256 = sha256_file(path)
+        elif pretrained:
             from ..detection.mobilenet_backend import load_mobilenet_retinaface
             from ..weights import sha256_file
 
@@ -405,7 +420,8 @@ class MultiTaskFaceNet(nn.Module):
             ``"resnet_small"`` (:class:`SmallResNet` from scratch), or any ``nn.Module`` mapping
             the normalised image to ``(B, C, H, W)``, ``(B, C)`` or a list/tuple/dict of them (the
             last is used), e.g. a keypoint model's feature extractor.
-        pretrained: for ``retina_mobilenet``: start from the detector weights.
+        pretrained: for ``retina_mobilenet``: start from the detector weights (``True``), or from
+            the body of a keypoint model (its name or file, e.g. ``"keypoints68"``).
         input_size: square input side (used to size a generic backbone and recorded in ``config``).
         emb_dim: identity embedding size.
         n_identities: training identities for the margin head (0 = no head).
@@ -420,7 +436,7 @@ class MultiTaskFaceNet(nn.Module):
         resnet_blocks: blocks per stage for ``resnet_small``.
     """
 
-    def __init__(self, backbone: str | nn.Module = "retina_mobilenet", pretrained: bool = False,
+    def __init__(self, backbone: str | nn.Module = "retina_mobilenet", pretrained: bool | str = False,
                  input_size: int = 128, emb_dim: int = 128, n_identities: int = 0, margin: str = "cosface",
                  s: float = 30.0, m: float = 0.35, dropout: float = 0.2, input_norm: str | None = None,
                  weights_path: str | None = None, resnet_widths: Sequence[int] = (32, 64, 128, 256),

@@ -11,7 +11,8 @@ accuracy, balanced_accuracy, precision, recall_pos, recall_neg, f1, roc_auc, con
 (``confusion`` = ``[[tn, fp], [fn, tp]]``; undefined values are null). Images where no face was
 found are not dropped: they count as wrong (``failed``). Also written: predictions.csv (label,
 score, prediction per attribute and image), confusion_<attribute>.png and model.json.
-Decisions: sigmoid >= 0.5 (multitask), softmax >= 0.5 (seed CNNs), reconstruction error <=
+Decisions: sigmoid >= the threshold fitted on the validation split at export (multitask,
+``meta["thresholds"]``; 0.5 where a file has none), softmax >= 0.5 (seed CNNs), reconstruction error <=
 the fitted threshold (seed002 autoencoder; the score is the negated error).
 """
 from __future__ import annotations
@@ -65,7 +66,8 @@ def attribute_scores(model, info: dict, x: torch.Tensor) -> dict[str, tuple[np.n
     attrs = meta.get("attributes") or []
     if name == "multitask":
         out = model(x)
-        return {a: (torch.sigmoid(out[a].float()).numpy(), 0.5) for a in attrs}
+        thr = meta.get("thresholds") or {}  # fitted on the validation split at export; 0.5 in older files
+        return {a: (torch.sigmoid(out[a].float()).numpy(), float(thr.get(a, 0.5))) for a in attrs}
     if name == "seed002_autoencoder":
         thr = float(model.threshold)
         if math.isnan(thr):

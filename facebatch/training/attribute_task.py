@@ -433,7 +433,8 @@ class AttributeTask:
     # -- export -------------------------------------------------------------------------------------
     def export(self, model: torch.nn.Module) -> tuple[dict, dict]:
         """``(model kwargs for the file, meta entries)`` for :func:`facebatch.training.run.export_model`;
-        fits the autoencoder's threshold on the training positives first."""
+        fits the multitask model's decision thresholds on the validation rows (balanced accuracy)
+        and the autoencoder's threshold on the training positives."""
         from ..attributes.models import MODELS
         kwargs = {k: v for k, v in self.model_kwargs().items() if k not in NOT_EXPORTED}
         meta = {"attributes": list(self.binary), "identity": self.identity,
@@ -445,6 +446,9 @@ class AttributeTask:
             meta["emb_dim"] = cfg_of.get("emb_dim")
             meta["backbone"] = cfg_of.get("backbone")
             meta["backbone_weights_sha256"] = cfg_of.get("backbone_weights_sha256")
+        if self.cfg.model == "multitask" and self.binary:
+            meta["thresholds"], meta["threshold_n"] = fit_thresholds(
+                model, self.cfg.data, list(self.cfg.val_splits), self.binary, self.cfg.input_size, self.cfg.limit)
         if self.autoencoder:
             q = float(self._option("ae_quantile", 0.95))
             t, n = fit_autoencoder_threshold(model, self.cfg.data, list(self.cfg.train_splits), self.binary[0],
@@ -461,6 +465,38 @@ def positive_crops(data, splits: list[str], attr: str, size: int, limit: int | N
     idx = [i for i in range(len(st)) if st[i] == S.OK and sp[i] in splits and parse_attributes(at[i]).get(attr) == 1]
     for j in range(0, len(idx), 128):
         yield np.stack([decode_crop(crops[i].as_py(), size) for i in idx[j:j + 128]])
+
+
+def fit_thresholds(model, data, splits: list[str], attrs: list[str], size: int,
+                   limit: int | None = None) -> tuple[dict, dict]:
+    """Per binary attribute of a multitask model, the sigmoid threshold that maximises balanced
+    accuracy on the rows of ``splits`` (the by-person validation split, never the test split);
+    returns ``(thresholds, labelled rows used per attribute)``."""
+    from ..attributes.metrics import balanced_threshold
+    t = read_columns(data, [S.STATUS, S.SPLIT, S.ATTRIBUTES, S.CROP], limit)
+    st, sp, at = (t.column(c).to_pylist() for c in (S.STATUS, S.SPLIT, S.ATTRIBUTES))
+    crops = t.column(S.CROP)
+    idx = [i for i in range(len(st)) if st[i] == S.OK and sp[i] in splits and crops[i].is_valid]
+    labels = [parse_attributes(at[i]) for i in idx]
+    scores = {a: [] for a in attrs}
+    was = model.training
+    model.eval()
+    with torch.inference_mode():
+        for j in range(0, len(idx), 128):
+            x = torch.from_numpy(np.stack([decode_crop(crops[i].as_py(), size) for i in idx[j:j + 128]]))
+            out = model(x.permute(0, 3, 1, 2).float() / 255.0)
+            for a in attrs:
+                scores[a].append(torch.sigmoid(out[a].float()).numpy())
+    model.train(was)
+    thresholds, used = {}, {}
+    for a in attrs:
+        sc = np.concatenate(scores[a]) if scores[a] else np.zeros(0)
+        sel = [k for k, lab in enumerate(labels) if lab.get(a) is not None]
+        y = np.asarray([labels[k][a] for k in sel], np.int64)
+        thresholds[a] = balanced_threshold(y, sc[sel]) if len(sel) else 0.5
+        used[a] = len(sel)
+        log.info("%s threshold %.3f from %d validation rows", a, thresholds[a], len(sel))
+    return thresholds, used
 
 
 def fit_autoencoder_threshold(model, data, splits: list[str], attr: str, size: int, quantile: float = 0.95,
