@@ -80,18 +80,23 @@ def s3_server():
             os.environ[k] = v
 
 
-@pytest.fixture(scope="session")
-def udacity_subset(tmp_path_factory, udacity_root) -> Path:
-    """A Udacity-layout folder (training/ + CSV) with 24 real images of 6 people (symlinked, read in place)."""
+def udacity_layout(root: Path, udacity_root: Path, pick) -> Path:
+    """A Udacity-layout folder (training/ + CSV) under ``root`` holding the rows ``pick(sorted rows)``
+    returns, images symlinked (read in place)."""
     import csv
-    root = tmp_path_factory.mktemp("udacity_subset")
-    (root / "training").mkdir()
+    (root / "training").mkdir(parents=True, exist_ok=True)
     with open(udacity_root / "training_frames_keypoints.csv") as f:
         rows = list(csv.reader(f))
-    header, body = rows[0], sorted(rows[1:])
-    picked = body[::len(body) // 24][:24]
+    header, picked = rows[0], pick(sorted(rows[1:]))
     with open(root / "training_frames_keypoints.csv", "w", newline="") as f:
         csv.writer(f).writerows([header, *picked])
     for r in picked:
         (root / "training" / r[0]).symlink_to(udacity_root / "training" / r[0])
     return root
+
+
+@pytest.fixture(scope="session")
+def udacity_subset(tmp_path_factory, udacity_root) -> Path:
+    """24 real udacity68 images spread over all people, in the Udacity layout."""
+    return udacity_layout(tmp_path_factory.mktemp("udacity_subset"), udacity_root,
+                          lambda body: body[::len(body) // 24][:24])

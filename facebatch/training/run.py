@@ -38,9 +38,22 @@ def load_datasets(cfg: TrainConfig, task):
     return out[0], out[1]
 
 
+def _absolute_local_paths(cfg: TrainConfig) -> None:
+    """Make relative local files in the config absolute: Ray Train workers run in a directory of
+    their own, where ``runs/exports/x.pt`` would not be found. Shipped model names stay names."""
+    def fix(value):
+        if isinstance(value, str) and "://" not in value and value and Path(value).is_file():
+            return os.path.abspath(value)
+        return value
+    cfg.init_from = fix(cfg.init_from)
+    if isinstance(cfg.model_kwargs.get("pretrained"), str):
+        cfg.model_kwargs["pretrained"] = fix(cfg.model_kwargs["pretrained"])
+
+
 def train(cfg: TrainConfig, address: str | None = None, resume: str | None = None) -> dict:
     """Train with Ray Train; returns a summary (best metrics, paths). ``resume`` is a run name to continue."""
     from ..raycluster import init_ray
+    _absolute_local_paths(cfg)
     task = make_task(cfg)
     task.build_model()  # fail early on a bad model name or missing init weights
     info = init_ray(address)  # before importing ray: the local-Ray settings are read at import

@@ -1,0 +1,73 @@
+"""The shipped models on real faces they were not trained on, through the evaluation commands.
+
+Each test builds a small raw dataset of held-out people (udacity68's hashed ``val`` persons,
+celeba6k's ``test_dataset`` photos), runs the full raw path (detection and crop on the
+embedded Ray, then the model), and checks the metrics against bounds well inside what the
+model card reports, so that a broken shipped file, a changed crop or a left/right swap fails.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from facebatch.formats.base import assign_split
+from facebatch.formats.udacity68 import person_of
+from facebatch.modelio import release_models
+
+from conftest import udacity_layout
+
+
+@pytest.fixture(scope="module")
+def udacity_val_people(tmp_path_factory, udacity_root) -> Path:
+    """30 images of held-out (hashed val) people in the Udacity layout."""
+    def pick(body):
+        val = [r for r in body if assign_split(person_of(r[0]), 0.1) == "val"]
+        return val[:: max(1, len(val) // 30)][:30]
+    return udacity_layout(tmp_path_factory.mktemp("udacity_val"), udacity_root, pick)
+
+
+def test_release_models_ship():
+    assert {"keypoints68", "keypoints15", "attributes"} <= set(release_models())
+    for name in ("keypoints68", "keypoints15", "attributes"):
+        card = Path(__file__).resolve().parent.parent / "facebatch" / "release" / f"{name}.md"
+        assert card.is_file() and "licen" in card.read_text().lower(), f"model card {card} missing"
+
+
+@pytest.mark.parametrize("model, bounds", [
+    ("keypoints68", {"nme_interocular": 0.07, "rmse_norm": 0.025, "mae_px": 1.8}),
+    ("keypoints15", {"nme_interocular": 0.07, "rmse_norm": 0.025, "mae_px": 1.8}),
+])
+def test_shipped_keypoint_models_on_held_out_people(ray_session, udacity_val_people, tmp_path, model, bounds):
+    from facebatch.evaluation.keypoints import evaluate_keypoints
+    m = evaluate_keypoints(model, str(udacity_val_people), "udacity68", str(tmp_path / "ev"))
+    assert m["n_images"] == 30 and m["failed"] == 0
+    for k, hi in bounds.items():
+        assert m[k] < hi, (k, m)
+    assert m["pck_10px"] > 0.97
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text()) == m
+
+
+def test_shipped_attribute_model_on_celeba_test_photos(ray_session, celeba_root, tmp_path):
+    """Test-folder photos: every eyeglasses positive of 40 people plus their first two photos."""
+    from facebatch.evaluation.attributes import evaluate_attributes
+    from facebatch.formats.labelfiles import parse_celeba_attrs
+    attrs = parse_celeba_attrs((celeba_root / "list_attr_celeba.txt").read_text(), "attrs")
+    root = tmp_path / "celeba"
+    (root / "test_dataset").mkdir(parents=True)
+    (root / "list_attr_celeba.txt").symlink_to(celeba_root / "list_attr_celeba.txt")
+    people = sorted(p for p in (celeba_root / "test_dataset").iterdir() if p.is_dir())[:40]
+    n = 0
+    for p in people:
+        files = sorted(p.glob("*.jpg"))
+        keep = files[:2] + [f for f in files[2:] if attrs[f.name]["eyeglasses"]]
+        (root / "test_dataset" / p.name).mkdir()
+        for f in keep:
+            (root / "test_dataset" / p.name / f.name).symlink_to(f)
+            n += 1
+    m = evaluate_attributes("attributes", str(root), "celeba", str(tmp_path / "ev"))
+    assert m["smile"]["n"] == n and m["smile"]["failed"] == 0
+    assert m["eyeglasses"]["confusion"][1][0] + m["eyeglasses"]["confusion"][1][1] >= 5  # positives present
+    assert m["smile"]["accuracy"] > 0.82, m["smile"]
+    assert m["eyeglasses"]["balanced_accuracy"] > 0.85, m["eyeglasses"]
