@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from facebatch.formats.udacity68 import read_udacity68_csv
@@ -193,3 +194,23 @@ def test_to_input():
     assert rgb[0, 0, 0, 0] == 1.0 and grey[0, 0, 0, 0] == pytest.approx(0.299)
     with pytest.raises(ValueError):
         to_input(imgs.astype(np.float32), 3)
+
+
+def test_resolution_ensemble_averages_members_at_their_sizes():
+    from facebatch.keypoints.models import ResolutionEnsemble
+    torch.manual_seed(0)
+    specs = [{"model": "mobilenet_face_kp", "input_size": 64, "head": "regression"},
+             {"model": "mobilenet_face_kp", "input_size": 96, "head": "regression"}]
+    ens = ResolutionEnsemble(5, specs).eval()
+    assert ens.input_size == 96 and ens.in_channels == 3 and len(ens.members) == 2
+    x = torch.rand(2, 3, 96, 96)
+    with torch.no_grad():
+        small = F.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False, antialias=True)
+        want = (ens.members[0](small) + ens.members[1](x)) / 2
+        assert torch.allclose(ens(x), want, atol=1e-6)
+    one = create_model("resolution_ensemble", 5, members=specs[1:]).eval()
+    one.members[0].load_state_dict(ens.members[1].state_dict())
+    with torch.no_grad():
+        assert torch.allclose(one(x), ens.members[1](x))
+    with pytest.raises(ValueError, match="at least one member"):
+        ResolutionEnsemble(5, [])
