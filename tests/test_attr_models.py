@@ -273,8 +273,9 @@ def test_retina_backbone_starts_from_the_keypoint_model_body():
     from facebatch.modelio import read_model_file, resolve_model_path
     net = MultiTaskFaceNet("retina_mobilenet", pretrained="keypoints68", input_size=64, n_identities=3)
     src = read_model_file(resolve_model_path("keypoints68"))["state_dict"]
+    prefix = "body." if any(k.startswith("body.") for k in src) else "members.0.body."  # ensemble: first member
     body = net.backbone.body.state_dict()
-    assert body and all(torch.equal(v, src["body." + k].float()) for k, v in body.items())
+    assert body and all(torch.equal(v, src[prefix + k].float()) for k, v in body.items())
     assert net.config["backbone_weights_sha256"]
     with pytest.raises(ValueError, match="no MobileNet body"):
         from facebatch.attributes.models import RetinaMobileNetBackbone

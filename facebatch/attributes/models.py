@@ -325,8 +325,11 @@ class RetinaMobileNetBackbone(nn.Module):
             from ..weights import sha256_file
 
             path = resolve_model_path(pretrained)
-            state = {k[len("body."):]: v.float() for k, v in read_model_file(path)["state_dict"].items()
-                     if k.startswith("body.")}
+            sd = read_model_file(path)["state_dict"]
+            # a single network keeps its body under body.*; an ensemble (keypoints68) under members.N.body.*:
+            # take the first member's
+            prefix = "body." if any(k.startswith("body.") for k in sd) else "members.0.body."
+            state = {k[len(prefix):]: v.float() for k, v in sd.items() if k.startswith(prefix)}
             if not state:
                 raise ValueError(f"{path} has no MobileNet body (keys body.*) to start the attribute backbone from")
             self.body.load_state_dict(state, strict=True)
