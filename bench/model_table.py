@@ -100,7 +100,7 @@ def attribute_rows(args, log: Path) -> list[dict]:
         if "smile" in attrs:
             row["genki_val"] = evaluate("attributes", path, REPO / "out" / "models" / f"{key}-genki", log,
                                         "--input", "out/genki4k", "--split", "val")
-        if "identity" in attrs or meta["model"] == "seed003_cnn":
+        if meta["model"] in ("multitask", "seed003_cnn"):  # both have an identity embedding
             row["identity"] = evaluate("identity", path, REPO / "out" / "models" / f"{key}-identity", log,
                                        "--input", "out/celeba6k")
         rows.append(row)
