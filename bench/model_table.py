@@ -68,13 +68,20 @@ def evaluate(kind: str, model: str, out: Path, log: Path, *args: str) -> dict:
     return json.loads((out / "metrics.json").read_text())
 
 
+def ready(task: str, name: str, config: str | None, path: str, train: bool, log: Path) -> bool:
+    """Train a seed model first when asked (release models are never retrained); is its file there?"""
+    if train and config:
+        sh([FB, "train", task, "--config", config, f"name={config}"], log)
+    if not (REPO / path).exists():
+        print(f"skip {name}: {path} missing (train it with --train)")
+        return False
+    return True
+
+
 def keypoint_rows(args, log: Path) -> list[dict]:
     rows = []
     for name, (config, path) in KEYPOINTS.items():
-        if args.train and config:
-            sh([FB, "train", "keypoints", "--config", config, f"name={config}"], log)
-        if not (REPO / path).exists():
-            print(f"skip {name}: {path} missing (train it with --train)")
+        if not ready("keypoints", name, config, path, args.train, log):
             continue
         m = evaluate("keypoints", path, REPO / "out" / "models" / name.split()[0], log,
                      "--input", "out/udacity68", "--split", "val")
@@ -85,10 +92,7 @@ def keypoint_rows(args, log: Path) -> list[dict]:
 def attribute_rows(args, log: Path) -> list[dict]:
     rows = []
     for name, (config, path) in ATTRIBUTES.items():
-        if args.train and config:
-            sh([FB, "train", "attributes", "--config", config, f"name={config}"], log)
-        if not (REPO / path).exists():
-            print(f"skip {name}: {path} missing (train it with --train)")
+        if not ready("attributes", name, config, path, args.train, log):
             continue
         meta = model_meta(path)
         key = name.split()[0]

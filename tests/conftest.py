@@ -19,6 +19,17 @@ def _need(path: Path, what: str) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small models on a shared 2-core machine run faster and steadier on one intra-op thread
+    (as in the data workers). Modules opt in with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    import torch
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     return _need(data_dir(), "shared data folder")

@@ -18,13 +18,7 @@ from facebatch.attributes.models import (MODELS, InputNorm, MultiTaskFaceNet, Sm
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models on a shared 2-core machine run faster and steadier on one thread."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
 
 
 # exact parameter counts: a change here is an architecture change

@@ -22,12 +22,7 @@ CELEBA_PEOPLE_TRAIN, CELEBA_PEOPLE_VAL, CELEBA_TRAIN_IMAGES, CELEBA_TEST_IMAGES 
 VAL_FRACTION = 0.3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
 
 
 # ---------------------------------------------------------------------------------- synthetic

@@ -12,13 +12,7 @@ from facebatch.keypoints.augment import (NO_AUGMENT, AugmentConfig, augment, col
 from facebatch.keypoints.schemes import IBUG68, KAGGLE15, ibug68_to_kaggle15
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensor ops on a busy 2-core box are much faster single-threaded (as in data workers)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
 
 
 def _blobs(points: np.ndarray, size: tuple[int, int], sigma: float = 1.5) -> np.ndarray:

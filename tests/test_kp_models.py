@@ -16,13 +16,7 @@ from facebatch.keypoints.schemes import IBUG68, KAGGLE15, Scheme, to_unit
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """On a shared 2-core box one intra-op thread is several times faster than two fighting for cores."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
 
 
 # name -> (input shape, parameter range for 15 points)

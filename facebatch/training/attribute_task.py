@@ -457,14 +457,20 @@ class AttributeTask:
         return kwargs, meta
 
 
-def positive_crops(data, splits: list[str], attr: str, size: int, limit: int | None = None):
-    """Yield batches of ``uint8 (N, S, S, 3)`` crops of the rows of ``splits`` labelled ``attr = 1``."""
+def labelled_crops(data, splits: list[str], size: int, limit: int | None = None, keep=None):
+    """Yield ``(x, labels)`` batches of up to 128 usable rows of ``splits`` (status ok, with a crop):
+    ``x`` float RGB ``[0, 1]`` ``(B, 3, S, S)``, ``labels`` their attribute dicts. ``keep(labels)``
+    filters rows (e.g. only the positives of one attribute)."""
     t = read_columns(data, [S.STATUS, S.SPLIT, S.ATTRIBUTES, S.CROP], limit)
     st, sp, at = (t.column(c).to_pylist() for c in (S.STATUS, S.SPLIT, S.ATTRIBUTES))
     crops = t.column(S.CROP)
-    idx = [i for i in range(len(st)) if st[i] == S.OK and sp[i] in splits and parse_attributes(at[i]).get(attr) == 1]
-    for j in range(0, len(idx), 128):
-        yield np.stack([decode_crop(crops[i].as_py(), size) for i in idx[j:j + 128]])
+    rows = [(i, parse_attributes(at[i])) for i in range(len(st))
+            if st[i] == S.OK and sp[i] in splits and crops[i].is_valid]
+    rows = [(i, lab) for i, lab in rows if keep is None or keep(lab)]
+    for j in range(0, len(rows), 128):
+        part = rows[j:j + 128]
+        x = torch.from_numpy(np.stack([decode_crop(crops[i].as_py(), size) for i, _ in part]))
+        yield x.permute(0, 3, 1, 2).float() / 255.0, [lab for _, lab in part]
 
 
 def fit_thresholds(model, data, splits: list[str], attrs: list[str], size: int,
@@ -473,18 +479,13 @@ def fit_thresholds(model, data, splits: list[str], attrs: list[str], size: int,
     accuracy on the rows of ``splits`` (the by-person validation split, never the test split);
     returns ``(thresholds, labelled rows used per attribute)``."""
     from ..attributes.metrics import balanced_threshold
-    t = read_columns(data, [S.STATUS, S.SPLIT, S.ATTRIBUTES, S.CROP], limit)
-    st, sp, at = (t.column(c).to_pylist() for c in (S.STATUS, S.SPLIT, S.ATTRIBUTES))
-    crops = t.column(S.CROP)
-    idx = [i for i in range(len(st)) if st[i] == S.OK and sp[i] in splits and crops[i].is_valid]
-    labels = [parse_attributes(at[i]) for i in idx]
-    scores = {a: [] for a in attrs}
+    scores, labels = {a: [] for a in attrs}, []
     was = model.training
     model.eval()
     with torch.inference_mode():
-        for j in range(0, len(idx), 128):
-            x = torch.from_numpy(np.stack([decode_crop(crops[i].as_py(), size) for i in idx[j:j + 128]]))
-            out = model(x.permute(0, 3, 1, 2).float() / 255.0)
+        for x, labs in labelled_crops(data, splits, size, limit):
+            out = model(x)
+            labels += labs
             for a in attrs:
                 scores[a].append(torch.sigmoid(out[a].float()).numpy())
     model.train(was)
@@ -507,8 +508,7 @@ def fit_autoencoder_threshold(model, data, splits: list[str], attr: str, size: i
     model.eval()
     errs = []
     with torch.inference_mode():
-        for imgs in positive_crops(data, splits, attr, size, limit):
-            x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255.0
+        for x, _ in labelled_crops(data, splits, size, limit, keep=lambda lab: lab.get(attr) == 1):
             errs.append(model.reconstruction_error(x))
     model.train(was)
     if not errs:
