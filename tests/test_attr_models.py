@@ -13,8 +13,8 @@ from torch import nn
 from facebatch.attributes.losses import (MarginHead, MultiTaskLoss, masked_bce_with_logits,
                                          masked_cross_entropy, pos_weight_from_counts)
 from facebatch.attributes.models import (MODELS, InputNorm, MultiTaskFaceNet, SmileAutoencoder, count_params,
-                                         create_model, pixel_histograms, prepare_batch, state_dict_sha256,
-                                         wasserstein_histograms)
+                                         create_model, multitask_outputs, pixel_histograms, prepare_batch,
+                                         state_dict_sha256, wasserstein_histograms)
 
 
 
@@ -111,6 +111,21 @@ def test_multitask_forward_shapes(backbone):
     model.eval()
     release = model.drop_margin_head()
     assert "identity_logits" not in release(x) and release.config["n_identities"] == 0
+
+
+def test_flip_averaged_outputs_are_mirror_invariant():
+    torch.manual_seed(0)
+    model = create_model("multitask", backbone="resnet_small", input_size=64, emb_dim=16).eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        plain, a, b = multitask_outputs(model, x), multitask_outputs(model, x, True), multitask_outputs(model, x.flip(-1), True)
+        mirrored = model(x.flip(-1))
+    for k in ("smile", "eyeglasses"):
+        torch.testing.assert_close(a[k], (plain[k] + mirrored[k]) / 2)
+        torch.testing.assert_close(a[k], b[k])  # a face and its mirror image get the same answer
+    torch.testing.assert_close(a["embedding"], b["embedding"])
+    torch.testing.assert_close(a["embedding"].norm(dim=1), torch.ones(2))
+    assert not torch.allclose(plain["smile"], mirrored["smile"])  # the network itself is not symmetric
 
 
 def test_multitask_param_counts():

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from facebatch import schema as S
@@ -192,6 +193,22 @@ def test_batched_augmentation_is_flip_plus_colour_jitter():
     f = [1 + rng.uniform(-0.2, 0.2, 3) for _ in range(3)]
     ref = torch.stack([color_jitter(x[i].flip(-1), f[0][i], f[1][i], f[2][i]) for i in range(3)])
     assert torch.allclose(out, ref, atol=1e-6)
+
+
+def test_shift_augmentation_translates_each_image():
+    from facebatch.training.attribute_task import AttrAugment
+    task = AttributeTask.__new__(AttributeTask)
+    x = torch.rand(6, 3, 8, 8)
+    task.aug = AttrAugment(flip_p=0.0, brightness=0, contrast=0, saturation=0, shift=0.25)  # up to 2 px
+    out = task._augment(x, np.random.default_rng(3))
+    padded = F.pad(x, (2, 2, 2, 2), mode="replicate")
+    offsets = []
+    for i in range(6):
+        hits = [(dy, dx) for dy in range(5) for dx in range(5)
+                if torch.allclose(out[i], padded[i, :, dy:dy + 8, dx:dx + 8], atol=1e-6)]
+        assert hits, f"image {i} is not a shifted copy"
+        offsets.append(hits[0])
+    assert len(set(offsets)) > 1  # drawn per image
 
 
 def test_cli_lists_the_new_commands(capsys):

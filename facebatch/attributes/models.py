@@ -516,6 +516,28 @@ class MultiTaskFaceNet(nn.Module):
         return self
 
 
+def multitask_outputs(model: nn.Module, x: torch.Tensor, flip: bool = False) -> dict[str, torch.Tensor]:
+    """A multitask model's outputs, optionally averaged with those of the mirrored images.
+
+    With ``flip`` the logits of ``x`` and ``x.flip(-1)`` are averaged and the two unit
+    embeddings are summed and re-normalised (a face and its mirror image are the same person
+    with the same attributes; the models train with random flips). One function for
+    validation, threshold fitting, evaluation and enrollment, so they all see the same numbers.
+
+    Args:
+        model: a :class:`MultiTaskFaceNet` (or anything returning its dict).
+        x: RGB ``[0, 1]`` images ``(B, 3, S, S)``.
+        flip: average with the mirrored images (the model file's ``flip_test``).
+    """
+    out = {k: v.float() for k, v in model(x).items()}
+    if not flip:
+        return out
+    out2 = model(x.flip(-1))
+    avg = {k: (out[k] + out2[k].float()) / 2 for k in out}
+    avg["embedding"] = F.normalize(avg["embedding"], dim=1)
+    return avg
+
+
 # ----------------------------------------------------------------------------- registry
 
 

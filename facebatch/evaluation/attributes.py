@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..attributes.metrics import BINARY_KEYS, binary_metrics
+from ..attributes.models import multitask_outputs
 from ..modelio import load_model
 from .common import crop_array, load_rows
 
@@ -65,7 +66,7 @@ def attribute_scores(model, info: dict, x: torch.Tensor) -> dict[str, tuple[np.n
     name, meta = info["model"], info["meta"]
     attrs = meta.get("attributes") or []
     if name == "multitask":
-        out = model(x)
+        out = multitask_outputs(model, x, bool(meta.get("flip_test")))
         thr = meta.get("thresholds") or {}  # fitted on the validation split at export; 0.5 in older files
         return {a: (torch.sigmoid(out[a].float()).numpy(), float(thr.get(a, 0.5))) for a in attrs}
     if name == "seed002_autoencoder":
@@ -83,7 +84,7 @@ def embed(model, info: dict, x: torch.Tensor) -> torch.Tensor:
     penultimate (512-d dense) layer."""
     name = info["model"]
     if name == "multitask":
-        return model(x)["embedding"].float()
+        return multitask_outputs(model, x, bool(info["meta"].get("flip_test")))["embedding"]
     if name == "seed003_cnn":
         f = model.classifier[:4](model.features(x))  # pool, flatten, dense 512, ReLU
         return torch.nn.functional.normalize(f.float(), dim=1)

@@ -60,12 +60,14 @@ NOT_EXPORTED = ("pretrained", "weights_path")
 
 @dataclass
 class AttrAugment:
-    """Light augmentation for attribute/identity crops: horizontal flip + colour jitter."""
+    """Light augmentation for attribute/identity crops: horizontal flip, colour jitter and an
+    optional random shift (up to ``shift`` of the side in x and y, edges repeated; 0 = off)."""
 
     flip_p: float = 0.5
     brightness: float = 0.2
     contrast: float = 0.2
     saturation: float = 0.2
+    shift: float = 0.0
 
 
 def decode_crop(data: bytes, size: int) -> np.ndarray:
@@ -280,12 +282,18 @@ class AttributeTask:
         return out
 
     def _augment(self, x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        """Per image: horizontal flip with ``flip_p``, then brightness, contrast and saturation
-        factors from ``1 +- value`` (the maths of :func:`facebatch.keypoints.augment.color_jitter`,
-        batched)."""
+        """Per image: horizontal flip with ``flip_p``, a random shift of up to ``shift`` of the
+        side, then brightness, contrast and saturation factors from ``1 +- value`` (the maths of
+        :func:`facebatch.keypoints.augment.color_jitter`, batched)."""
         a, n = self.aug, len(x)
         flip = torch.from_numpy(rng.random(n) < a.flip_p)
         x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+        p = int(round(a.shift * x.shape[-1]))
+        if p > 0:
+            h, w = x.shape[-2:]
+            padded = F.pad(x, (p, p, p, p), mode="replicate")
+            offs = rng.integers(0, 2 * p + 1, size=(n, 2))
+            x = torch.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offs)])
         b, c, s = (torch.from_numpy(1.0 + rng.uniform(-v, v, n) if v > 0 else np.ones(n)).float().view(-1, 1, 1, 1)
                    for v in (a.brightness, a.contrast, a.saturation))
         w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
@@ -356,16 +364,13 @@ class AttributeTask:
         return total + sum(v.sum() * 0.0 for v in out.values())
 
     def predict(self, model: torch.nn.Module, x: torch.Tensor):
+        if self.cfg.model == "multitask":
+            from ..attributes.models import multitask_outputs
+            return multitask_outputs(model, x, self.cfg.flip_test)
         out = model(x)
         if not self.cfg.flip_test or self.autoencoder:
             return out
-        out2 = model(x.flip(-1))
-        if isinstance(out, dict):
-            avg = {k: (out[k].float() + out2[k].float()) / 2 for k in out}
-            if "embedding" in avg:
-                avg["embedding"] = F.normalize(avg["embedding"], dim=1)
-            return avg
-        return (out.float() + out2.float()) / 2
+        return (out.float() + model(x.flip(-1)).float()) / 2
 
     # -- validation ---------------------------------------------------------------------------------
     def positive(self, out, attr: str) -> torch.Tensor:
@@ -448,7 +453,8 @@ class AttributeTask:
             meta["backbone_weights_sha256"] = cfg_of.get("backbone_weights_sha256")
         if self.cfg.model == "multitask" and self.binary:
             meta["thresholds"], meta["threshold_n"] = fit_thresholds(
-                model, self.cfg.data, list(self.cfg.val_splits), self.binary, self.cfg.input_size, self.cfg.limit)
+                model, self.cfg.data, list(self.cfg.val_splits), self.binary, self.cfg.input_size, self.cfg.limit,
+                flip=self.cfg.flip_test)
         if self.autoencoder:
             q = float(self._option("ae_quantile", 0.95))
             t, n = fit_autoencoder_threshold(model, self.cfg.data, list(self.cfg.train_splits), self.binary[0],
@@ -474,17 +480,19 @@ def labelled_crops(data, splits: list[str], size: int, limit: int | None = None,
 
 
 def fit_thresholds(model, data, splits: list[str], attrs: list[str], size: int,
-                   limit: int | None = None) -> tuple[dict, dict]:
+                   limit: int | None = None, flip: bool = False) -> tuple[dict, dict]:
     """Per binary attribute of a multitask model, the sigmoid threshold that maximises balanced
     accuracy on the rows of ``splits`` (the by-person validation split, never the test split);
+    ``flip`` scores each face with its mirror image as evaluation will (the file's ``flip_test``);
     returns ``(thresholds, labelled rows used per attribute)``."""
     from ..attributes.metrics import balanced_threshold
+    from ..attributes.models import multitask_outputs
     scores, labels = {a: [] for a in attrs}, []
     was = model.training
     model.eval()
     with torch.inference_mode():
         for x, labs in labelled_crops(data, splits, size, limit):
-            out = model(x)
+            out = multitask_outputs(model, x, flip)
             labels += labs
             for a in attrs:
                 scores[a].append(torch.sigmoid(out[a].float()).numpy())
