@@ -84,7 +84,7 @@ def embed(model, info: dict, x: torch.Tensor) -> torch.Tensor:
     penultimate (512-d dense) layer."""
     name = info["model"]
     if name == "multitask":
-        return multitask_outputs(model, x, bool(info["meta"].get("flip_test")))["embedding"]
+        return multitask_outputs(model, x, bool((info.get("meta") or {}).get("flip_test")))["embedding"]
     if name == "seed003_cnn":
         f = model.classifier[:4](model.features(x))  # pool, flatten, dense 512, ReLU
         return torch.nn.functional.normalize(f.float(), dim=1)
