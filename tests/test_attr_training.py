@@ -295,6 +295,7 @@ def test_multitask_train_export_evaluate_enroll(ray_session, attr_data, tmp_path
     assert 0 <= best["val_score"] <= 1 and best["n_val_smile"] > 0 and best["n_val_identity"] == 0
     hist = json.loads((tmp_path / "runs" / "a1" / "history.json").read_text())
     assert len(hist) == 2 and all(np.isfinite(h["train_loss"]) for h in hist)
+    assert cfg.keep == "last" and summary["best_epoch"] == 2 and summary["best"] == hist[-1]  # the final weights
 
     model, info = load_model(str(export))
     meta = info["meta"]

@@ -18,6 +18,8 @@ def test_config_overrides_and_errors(tmp_path):
         load_config("keypoints68", ["epoch=3"])
     with pytest.raises(ValueError, match="key=value"):
         load_config(None, ["epochs"])
+    with pytest.raises(ValueError, match="keep must be best or last"):
+        load_config("keypoints68", ["keep=\"final\""])
     with pytest.raises(FileNotFoundError, match="keypoints68"):
         load_config(str(tmp_path / "missing.json"))
 

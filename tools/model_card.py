@@ -47,7 +47,9 @@ def main(argv=None) -> Path:
              "a square face crop from `facebatch preprocess` (RetinaFace box grown by 20% of its larger side on each side)",
              f"- output: {meta.get('scheme') or meta.get('attributes')}; flip test-time averaging: {meta.get('flip_test')}",
              f"- trained: {meta.get('n_train')} train / {meta.get('n_val')} validation faces, validation held out by person; "
-             f"{len(meta.get('history', []))} epochs, best epoch {meta.get('best_epoch')}, "
+             f"{len(meta.get('history', []))} epochs, "
+             + ("weights of the last epoch (keep=last), " if cfg.get("keep") == "last" else
+                f"best epoch {meta.get('best_epoch')}, ") +
              f"{meta.get('train_s', 0) / 60:.1f} min of training on {meta.get('provenance', {}).get('host', '?')} "
              f"({cfg.get('num_workers')} Ray Train worker(s), {'GPU' if cfg.get('use_gpu') else 'CPU'})",
              f"- code: facebatch {meta.get('provenance', {}).get('facebatch_version')} at git "

@@ -24,6 +24,9 @@ class TrainConfig:
         epochs, batch_size, lr, weight_decay, warmup_epochs: optimisation (AdamW, cosine decay).
         loss: ``mse``, ``l1`` or ``wing`` for keypoints.
         patience: stop after this many epochs without a better validation score (0 = never).
+        keep: which weights to export: ``best`` (best validation score) or ``last`` (the final
+            epoch; for models whose validation score misses part of what they learn, e.g. a
+            multitask model's identity embedding, judged on people outside the validation split).
         augment: overrides of :class:`facebatch.keypoints.augment.AugmentConfig` (``{}``: defaults; ``null``: off).
         num_workers, use_gpu, cpus_per_worker: Ray Train scaling.
         storage_path, name: where checkpoints go (local or s3://); name defaults to model + time.
@@ -50,6 +53,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     loss: str = "wing"
     patience: int = 0
+    keep: str = "best"
     augment: Any = field(default_factory=dict)
     flip_test: bool = False
     num_workers: int = 1
@@ -117,6 +121,8 @@ def load_config(path: str | None, overrides: list[str] = ()) -> TrainConfig:
     cfg = TrainConfig(**data)
     if cfg.task not in ("keypoints", "attributes"):
         raise ValueError(f"task must be keypoints or attributes, got {cfg.task!r}")
+    if cfg.keep not in ("best", "last"):
+        raise ValueError(f"keep must be best or last, got {cfg.keep!r}")
     return cfg
 
 

@@ -127,9 +127,10 @@ def train_loop_per_worker(config: dict) -> None:
         improved = best is None or (score < best if task.mode == "min" else score > best)
         if improved:
             best, bad_epochs = score, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in raw.state_dict().items()}
         else:
             bad_epochs += 1
+        if improved or cfg.keep == "last":
+            best_state = {k: v.detach().cpu().clone() for k, v in raw.state_dict().items()}
         stop = cfg.patience > 0 and bad_epochs >= cfg.patience
         if rank == 0:
             print(f"[facebatch train] epoch {epoch + 1}/{cfg.epochs} " + " ".join(

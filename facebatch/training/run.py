@@ -98,7 +98,8 @@ def train(cfg: TrainConfig, address: str | None = None, resume: str | None = Non
         st = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=True)
     meta = json.loads(st["meta"])
     history = meta["history"]
-    best_i = min(range(len(history)), key=lambda i: history[i][task.monitor] * (1 if task.mode == "min" else -1))
+    best_i = (len(history) - 1 if cfg.keep == "last" else
+              min(range(len(history)), key=lambda i: history[i][task.monitor] * (1 if task.mode == "min" else -1)))
     summary = {"run": name, "storage": storage, "checkpoint": result.checkpoint.path, "n_train": n_train, "n_val": n_val,
                "best_epoch": best_i + 1, "best": history[best_i], "epochs_run": len(history),
                "train_s": meta["train_s"], "wall_s": wall, "ray": info}
