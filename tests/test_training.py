@@ -24,6 +24,17 @@ def test_config_overrides_and_errors(tmp_path):
         load_config(str(tmp_path / "missing.json"))
 
 
+def test_training_rows_are_reshuffled_every_epoch(ray_session):
+    import ray
+    from facebatch.training.run import shuffled_each_epoch
+    ds = shuffled_each_epoch(ray.data.range(640, override_num_blocks=2), rows_per_block=64)
+    first, second = ([r["id"] for r in ds.iter_rows()] for _ in range(2))
+    assert sorted(first) == sorted(second) == list(range(640))  # every row, once
+    assert first != list(range(640)) and first != second  # a new block order each pass
+    blocks = [len(b["id"]) for b in ds.iter_batches(batch_size=None)]  # one batch per block
+    assert sum(blocks) == 640 and max(blocks) <= 64
+
+
 @pytest.fixture(scope="module")
 def kp_parquet(ray_session, udacity_subset, tmp_path_factory):
     out = tmp_path_factory.mktemp("kp") / "pre"

@@ -31,11 +31,9 @@ def load_datasets(cfg: TrainConfig, task):
     ds = ray.data.read_parquet([str(p) for p in paths], columns=task.columns, filesystem=fs)
     if cfg.limit:
         ds = ds.limit(cfg.limit)
-    out = []
-    for splits in (cfg.train_splits, cfg.val_splits):
-        out.append(ds.map_batches(task.decode, fn_kwargs={"splits": list(splits)}, batch_format="numpy",
-                                  batch_size=256).materialize())
-    return shuffled_each_epoch(out[0]), out[1]
+    def decoded(splits):
+        return ds.map_batches(task.decode, fn_kwargs={"splits": list(splits)}, batch_format="numpy", batch_size=256)
+    return shuffled_each_epoch(decoded(cfg.train_splits)), decoded(cfg.val_splits).materialize()
 
 
 def shuffled_each_epoch(ds, rows_per_block: int = 64):
@@ -45,9 +43,8 @@ def shuffled_each_epoch(ds, rows_per_block: int = 64):
     worker's local shuffle buffer only mixes neighbouring rows: without this, a batch held
     two or three people, and one DDP worker could see mostly one dataset. Small blocks in a
     fresh random order per epoch, plus the loop's local shuffle buffer, make batches a random
-    mix; the data stays materialised (no full shuffle through the object store)."""
-    n = ds.count()
-    return ds.repartition(max(1, -(-n // rows_per_block))).materialize().randomize_block_order()
+    mix; the data is materialised once (no full shuffle through the object store)."""
+    return ds.repartition(target_num_rows_per_block=rows_per_block).materialize().randomize_block_order()
 
 
 def _absolute_local_paths(cfg: TrainConfig) -> None:
