@@ -1,7 +1,7 @@
 """Face attribute (smile, eyeglasses) and identity models: pure torch/numpy, no Ray.
 
-* :mod:`.models`: registry ``MODELS`` / ``create_model(name, **kw)``; all models take RGB
-  ``[0, 1]`` ``(B, 3, S, S)`` at their ``MODELS[name].input_size``.
+* :mod:`.models`: the architectures (registered in :mod:`facebatch.models`, built with
+  ``facebatch.models.create_model(name, **kw)``); all take RGB ``[0, 1]`` ``(B, 3, S, S)``.
 * :mod:`.losses`: ``MarginHead`` (CosFace/ArcFace), masked and class-balanced BCE, ``MultiTaskLoss``.
 * :mod:`.metrics`: ``binary_metrics``, ``top1_accuracy``, ``verification_accuracy`` (numpy only).
 * :mod:`.gallery`: open-set ``Gallery`` of per-person centroids (numpy only).
@@ -15,7 +15,7 @@ from importlib import import_module
 from typing import Any
 
 _EXPORTS = {
-    "MODELS": "models", "create_model": "models", "prepare_batch": "models", "MultiTaskFaceNet": "models",
+    "MultiTaskFaceNet": "models",
     "MarginHead": "losses", "MultiTaskLoss": "losses",
     "binary_metrics": "metrics", "top1_accuracy": "metrics", "verification_accuracy": "metrics",
     "Gallery": "gallery", "save_confusion_png": "plots",

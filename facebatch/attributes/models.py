@@ -1,9 +1,8 @@
-"""Face attribute and identity models (pure torch), with a small registry.
+"""Face attribute and identity models (pure torch), registered in :mod:`facebatch.models`.
 
 Input contract, the same for every registered model: a float tensor ``(B, 3, S, S)``, RGB,
-values in ``[0, 1]``, where ``S`` is the model's ``ModelSpec.input_size``. Any further
-normalisation (mean/std, BGR reordering) happens inside the model, so a face crop only needs
-resizing and dividing by 255 (:func:`prepare_batch`).
+values in ``[0, 1]``. Any further normalisation (mean/std, BGR reordering) happens inside the
+model; :func:`facebatch.inference.inputs.model_input` builds the input from face crops.
 
 | name | input | output of ``forward`` |
 |---|---|---|
@@ -16,31 +15,18 @@ resizing and dividing by 255 (:func:`prepare_batch`).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models import ATTRIBUTE_LOGITS, BINARY_LOGITS, CLASS_LOGITS, EMBEDDING, RECONSTRUCTION, register
+from ..models.files import read_model_file, resolve_model_path
 from .losses import MarginHead
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def prepare_batch(images: Sequence[np.ndarray], size: int) -> torch.Tensor:
-    """Stack RGB ``uint8`` face crops ``(H, W, 3)`` into the models' input ``(B, 3, size, size)``.
-
-    Args:
-        images: face crops (any sizes); each is resized (bilinear, antialiased) to a square.
-        size: the model's input size.
-    """
-    out = []
-    for im in images:
-        t = torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1).float().unsqueeze(0) / 255.0
-        out.append(F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False))
-    return torch.cat(out).clamp_(0.0, 1.0)
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
@@ -115,6 +101,8 @@ class InputNorm(nn.Module):
 # ----------------------------------------------------------------------------- seed models
 
 
+@register("seed002_cnn", task="attributes", outputs=(BINARY_LOGITS,), fixed_input=64,
+          description="seed 002 smile CNN: logits (B, 2); softmax[:, 1] = P(smiling)")
 class Seed002CNN(nn.Module):
     """Smile CNN of seed 002: conv32 3x3, max-pool, conv64 3x3, max-pool, dense 128, 2-way output.
 
@@ -173,6 +161,8 @@ def wasserstein_histograms(p: Any, q: Any, bin_width: float = 1.0) -> Any:
     return np.abs(cp - cq)[..., :-1].sum(-1) * bin_width
 
 
+@register("seed002_autoencoder", task="attributes", outputs=(RECONSTRUCTION,), example_input=64,
+          description="seed 002 smile autoencoder: reconstruction; score() = -error, predict() at its threshold")
 class SmileAutoencoder(nn.Module):
     """Seed 002's anomaly detector: a conv autoencoder trained on smiling faces only.
 
@@ -253,6 +243,8 @@ def _vgg_block(cin: int, cout: int) -> nn.Sequential:
                          nn.ReLU(inplace=True), nn.MaxPool2d(2))
 
 
+@register("seed004_cnn", task="attributes", outputs=(BINARY_LOGITS,), fixed_input=160,
+          description="seed 004 eyeglasses CNN: logits (B, 2); softmax[:, 1] = P(eyeglasses)")
 class Seed004CNN(nn.Module):
     """Eyeglasses CNN of seed 004 on 160x160: four conv-BN-ReLU-pool blocks (32, 64, 128, 128),
     160 -> 10 px, flatten, dropout, dense 128, 2-way output. Returns logits ``(B, 2)``.
@@ -273,6 +265,8 @@ class Seed004CNN(nn.Module):
         return self.classifier(self.features(x))
 
 
+@register("seed003_cnn", task="attributes", outputs=(CLASS_LOGITS, EMBEDDING), example={"n_classes": 5},
+          example_input=224, description="seed 003 identity CNN: logits (B, n_classes); embed() the 512-d layer")
 class Seed003CNN(nn.Module):
     """Identity CNN of seed 003 on 224x224: a VGG-style stack of five conv-BN-ReLU-pool blocks
     (32, 64, 128, 256, 256), 224 -> 7 px, global average pool, dense 512, dropout,
@@ -292,6 +286,10 @@ class Seed003CNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Unit-length identity embeddings ``(B, 512)``: the penultimate (dense 512, ReLU) layer."""
+        return F.normalize(self.classifier[:4](self.features(x)).float(), dim=1)
 
 
 # ----------------------------------------------------------------------------- multitask
@@ -321,7 +319,6 @@ class RetinaMobileNetBackbone(nn.Module):
         if isinstance(pretrained, str) and pretrained not in ("detector", "true"):
             # a facebatch model whose network has the same MobileNet-0.25 body (e.g. keypoints68):
             # start from features trained for landmarks, which encode the eyes and the mouth
-            from ..modelio import read_model_file, resolve_model_path
             from ..weights import sha256_file
 
             path = resolve_model_path(pretrained)
@@ -403,6 +400,9 @@ def _backbone_features(out: Any) -> torch.Tensor:
     raise ValueError(f"backbone output must be (B, C, H, W) or (B, C), got shape {tuple(out.shape)}")
 
 
+@register("multitask", task="attributes", outputs=(ATTRIBUTE_LOGITS, EMBEDDING),
+          example={"backbone": "resnet_small", "resnet_widths": [8, 8, 16, 16], "input_size": 64, "emb_dim": 16},
+          example_input=64, description="shared backbone; smile and eyeglasses logits, unit embedding, margin head")
 class MultiTaskFaceNet(nn.Module):
     """One shared backbone with smile, eyeglasses and identity-embedding heads.
 
@@ -536,73 +536,3 @@ def multitask_outputs(model: nn.Module, x: torch.Tensor, flip: bool = False) -> 
     avg = {k: (out[k] + out2[k].float()) / 2 for k in out}
     avg["embedding"] = F.normalize(avg["embedding"], dim=1)
     return avg
-
-
-# ----------------------------------------------------------------------------- registry
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What a registered model expects and returns.
-
-    Attributes:
-        name: registry key.
-        factory: builds the module from keyword options.
-        input_size: square input side ``S``; input is RGB ``[0, 1]`` ``(B, 3, S, S)``.
-        task: what it predicts.
-        normalisation: what the model does to the ``[0, 1]`` input internally.
-        outputs: what ``forward`` returns.
-    """
-
-    name: str
-    factory: Callable[..., nn.Module]
-    input_size: int
-    task: str
-    normalisation: str
-    outputs: str
-
-
-MODELS: dict[str, ModelSpec] = {s.name: s for s in [
-    ModelSpec("seed002_cnn", Seed002CNN, 64, "smile (binary)", "none (RGB [0, 1], like Keras rescale=1/255)",
-              "logits (B, 2); softmax[:, 1] = P(smiling)"),
-    ModelSpec("seed002_autoencoder", SmileAutoencoder, 64, "smile via reconstruction error (trained on smiling only)",
-              "none (RGB [0, 1]); reconstruction through a sigmoid",
-              "reconstruction (B, 3, 64, 64); predict() -> 1 smiling / 0 not, score() = -error"),
-    ModelSpec("seed004_cnn", Seed004CNN, 160, "eyeglasses (binary)", "none (RGB [0, 1])",
-              "logits (B, 2); softmax[:, 1] = P(eyeglasses)"),
-    ModelSpec("seed003_cnn", Seed003CNN, 224, "identity (closed set, n_classes)", "none (RGB [0, 1])",
-              "logits (B, n_classes)"),
-    ModelSpec("multitask", MultiTaskFaceNet, 128, "smile + eyeglasses + identity embedding",
-              "InputNorm: retina_bgr for retina_mobilenet, symmetric ((x-0.5)/0.5) otherwise",
-              "dict smile (B,), eyeglasses (B,) logits; embedding (B, emb_dim) unit L2; "
-              "identity_logits (B, n_identities) with a margin head"),
-]}
-
-
-def create_model(name: str, **kw: Any) -> nn.Module:
-    """Build a registered model.
-
-    Args:
-        name: a key of :data:`MODELS`.
-        **kw: the model class's options (e.g. ``n_classes`` for ``seed003_cnn``; ``backbone``,
-            ``pretrained``, ``input_size``, ``n_identities`` for ``multitask``).
-    """
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
-    spec = MODELS[name]
-    if name == "multitask":
-        kw.setdefault("input_size", spec.input_size)
-    return spec.factory(**kw)
-
-
-def input_size_of(name: str, model: nn.Module | None = None) -> int:
-    """The input side a model expects (the multitask model records its own).
-
-    Args:
-        name: registry key.
-        model: a built model, whose ``config["input_size"]`` wins when present.
-    """
-    cfg = getattr(model, "config", None)
-    if isinstance(cfg, dict) and "input_size" in cfg:
-        return int(cfg["input_size"])
-    return MODELS[name].input_size

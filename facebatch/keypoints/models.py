@@ -1,4 +1,5 @@
-"""Keypoint regression models, a registry, flip test-time augmentation, and size/FLOP counters.
+"""Keypoint regression models (registered in :mod:`facebatch.models`), flip test-time augmentation,
+and size/FLOP counters.
 
 Every model takes a float batch ``(B, C, H, W)`` with values in ``[0, 1]`` (it normalises
 internally) and returns ``(B, n_points * 2)`` unit coordinates of the crop, ordered
@@ -19,13 +20,12 @@ resolution_ensemble    any     members'   members at several input sizes, averag
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models import POINTS, create_model, register
 from .schemes import Scheme, get_scheme
 
 
@@ -54,6 +54,8 @@ def _unit_head(layer: nn.Linear) -> nn.Linear:
 
 
 # ---------------------------------------------------------------- seed 000
+@register("seed000_resnet18_mlp", task="keypoints", outputs=(POINTS,), example={"n_points": 15, "input_size": 64},
+          example_input=64)
 class ResNet18MLP(KeypointModel):
     """ResNet-18 trunk (no pretrained weights), global average pool, 4096-1024 MLP with dropout 0.4.
 
@@ -93,6 +95,8 @@ def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
+@register("seed001_cnn", task="keypoints", outputs=(POINTS,), channels=1, example={"n_points": 15},
+          example_input=96)
 class KaggleCNN(KeypointModel):
     """Classic Kaggle facial-keypoint CNN: 4 blocks of (conv-BN-ReLU x2 [+SE], maxpool), dense head.
 
@@ -146,6 +150,13 @@ def _dw_sep(cin: int, cout: int) -> nn.Sequential:
         nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
+@register("seed001_se_cnn", task="keypoints", outputs=(POINTS,), channels=1, example={"n_points": 15},
+          example_input=96, description="KaggleCNN with squeeze-and-excitation (r=8)")
+def _seed001_se_cnn(n_points: int, **kw) -> "KaggleCNN":
+    return KaggleCNN(n_points, se_reduction=8, **kw)
+
+
+@register("mobilenet_face_kp", task="keypoints", outputs=(POINTS,), example={"n_points": 68}, example_input=128)
 class MobileNetFaceKP(KeypointModel):
     """RetinaFace-MobileNet-0.25 body + FPN + SSH with a stride-4 heatmap head and soft-argmax.
 
@@ -209,22 +220,8 @@ def _load_detector(weights_dir: str | None):
     return net.train()
 
 
-def to_input(images: np.ndarray | torch.Tensor, in_channels: int) -> torch.Tensor:
-    """uint8 ``(B, H, W, 3)`` RGB images -> float ``(B, C, H, W)`` in [0, 1] for a model.
-
-    Args:
-        images: a uint8 batch (numpy or torch), RGB.
-        in_channels: the model's ``in_channels``; 1 converts to grey (ITU-R 601 weights).
-    """
-    x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
-    if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
-        raise ValueError(f"expected uint8 (B, H, W, 3) RGB images, got {x.dtype} {tuple(x.shape)}")
-    x = x.permute(0, 3, 1, 2).float().div_(255.0)
-    if in_channels == 1:
-        x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    return x.contiguous()
-
-
+@register("kaggle15_from_ibug68", task="keypoints", outputs=(POINTS,),
+          example={"n_points": 15, "input_size": 64}, example_input=64)
 class Kaggle15From68(nn.Module):
     """A 68-point model whose output is mapped to the 15 Kaggle points by the fixed
     :func:`facebatch.keypoints.schemes.ibug68_to_kaggle15` table (a linear map: means and picks).
@@ -239,7 +236,7 @@ class Kaggle15From68(nn.Module):
         from .schemes import IBUG68_TO_KAGGLE15
         if n_points != 15:
             raise ValueError("Kaggle15From68 predicts 15 points")
-        self.base = create_model(base, 68, input_size=input_size, **base_kwargs)
+        self.base = create_model(base, n_points=68, input_size=input_size, **base_kwargs)
         self.n_points, self.input_size, self.in_channels = 15, self.base.input_size, self.base.in_channels
         m = torch.zeros(15, 68)
         for row, (_, idx) in enumerate(IBUG68_TO_KAGGLE15):
@@ -251,6 +248,10 @@ class Kaggle15From68(nn.Module):
         return torch.einsum("kj,bjc->bkc", self.mapping, pts).reshape(x.shape[0], 30)
 
 
+@register("resolution_ensemble", task="keypoints", outputs=(POINTS,),
+          example={"n_points": 68, "members": [{"model": "mobilenet_face_kp", "input_size": 64},
+                                               {"model": "mobilenet_face_kp", "input_size": 96}]},
+          example_input=96)
 class ResolutionEnsemble(nn.Module):
     """Snapshots of one keypoint network trained at several input sizes, averaged.
 
@@ -270,7 +271,7 @@ class ResolutionEnsemble(nn.Module):
         if not members:
             raise ValueError("an ensemble needs at least one member")
         self.members = nn.ModuleList(
-            create_model(m["model"], n_points, **{k: v for k, v in m.items() if k not in ("model", "pretrained")})
+            create_model(m["model"], n_points=n_points, **{k: v for k, v in m.items() if k not in ("model", "pretrained")})
             for m in members)
         channels = {m.in_channels for m in self.members}
         if len(channels) != 1:
@@ -287,30 +288,6 @@ class ResolutionEnsemble(nn.Module):
                                    antialias=m.input_size < x.shape[-1])
             outs.append(m(xi))
         return torch.stack(outs).mean(0)
-
-
-# ---------------------------------------------------------------- registry
-MODELS: dict[str, Callable[..., KeypointModel]] = {
-    "kaggle15_from_ibug68": Kaggle15From68,
-    "seed000_resnet18_mlp": ResNet18MLP,
-    "seed001_cnn": KaggleCNN,
-    "seed001_se_cnn": lambda n_points, **kw: KaggleCNN(n_points, se_reduction=8, **kw),
-    "mobilenet_face_kp": MobileNetFaceKP,
-    "resolution_ensemble": lambda n_points, **kw: ResolutionEnsemble(n_points, **kw),
-}
-
-
-def create_model(name: str, n_points: int, **kwargs) -> KeypointModel:
-    """Build a registered model.
-
-    Args:
-        name: a key of :data:`MODELS`.
-        n_points: keypoints per face (68 for ``ibug68``, 15 for ``kaggle15``).
-        kwargs: passed to the model (e.g. ``input_size``, ``pretrained=True``).
-    """
-    if name not in MODELS:
-        raise ValueError(f"unknown keypoint model {name!r}; known: {sorted(MODELS)}")
-    return MODELS[name](n_points, **kwargs)
 
 
 @torch.no_grad()

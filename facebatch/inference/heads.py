@@ -1,0 +1,134 @@
+"""Loaded models and what their outputs mean: keypoints in crop units, attribute scores with their
+decision thresholds, identity embeddings. The meaning comes from the registry spec's output
+kinds (:mod:`facebatch.models`), never from a model's name.
+
+A head takes the input batch built by :func:`facebatch.inference.inputs.model_input` for its
+own :class:`~facebatch.inference.inputs.InputSpec`; evaluation, enrollment, threshold fitting
+and the analyzer all call these.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..keypoints.models import predict_with_flip
+from ..keypoints.schemes import get_scheme
+from ..modelio import load_model as _load_file
+from ..models import ATTRIBUTE_LOGITS, BINARY_LOGITS, EMBEDDING, POINTS, RECONSTRUCTION, get_spec
+from .inputs import InputSpec
+
+
+def load_model(name_or_path: str, device: str = "cpu", task: str | None = None):
+    """``(model in eval mode, info)`` of a shipped name or model file; ``task`` checks what it is."""
+    model, info = _load_file(name_or_path, device)
+    if task and info["task"] != task:
+        raise ValueError(f"{info['path']} is a {info['task']} model, not a {task} model")
+    return model, info
+
+
+class _Head:
+    task = ""
+
+    def __init__(self, model: torch.nn.Module, info: dict) -> None:
+        self.model, self.info = model.eval(), info
+        self.meta = info.get("meta") or {}
+        self.spec = get_spec(info["model"], self.task)
+        self.input = InputSpec.from_meta(self.meta)
+        self.flip = bool(self.meta.get("flip_test"))
+        self.device = next(model.parameters()).device
+
+    @classmethod
+    def load(cls, name_or_path: str, device: str = "cpu"):
+        return cls(*load_model(name_or_path, device, cls.task))
+
+    @property
+    def name(self) -> str:
+        return self.info.get("name") or str(self.info.get("path", "")).rsplit("/", 1)[-1].removesuffix(".pt")
+
+    def describe(self) -> dict:
+        """Name, file, sha256, architecture and input spec: what produced a result."""
+        return {"name": self.name, "path": self.info.get("path"), "sha256": self.info.get("sha256"),
+                "model": self.info["model"], "input_size": self.input.size, "grey": self.input.grey,
+                "crop_frame": self.input.frame.to_dict(), "flip_test": self.flip}
+
+
+class KeypointHead(_Head):
+    """A keypoint model: ``predict(x)`` -> ``(B, K, 2)`` unit crop coordinates of its scheme."""
+
+    task = "keypoints"
+
+    def __init__(self, model, info) -> None:
+        super().__init__(model, info)
+        if POINTS not in self.spec.outputs:
+            raise ValueError(f"{info.get('path')}: model {info['model']!r} does not output keypoints")
+        self.scheme = get_scheme(self.meta["scheme"])
+
+    @torch.inference_mode()
+    def predict(self, x: torch.Tensor) -> np.ndarray:
+        x = x.to(self.device)
+        y = predict_with_flip(self.model, x, self.scheme) if self.flip else self.model(x)
+        return y.float().view(len(x), -1, 2).cpu().numpy()
+
+
+class AttributeHead(_Head):
+    """An attribute and/or identity model.
+
+    ``scores(x)``: per attribute ``(B,)`` scores, compared with :attr:`thresholds` (score >= t
+    means present): a sigmoid probability (multitask, thresholds fitted at export, 0.5 in older
+    files), a softmax probability (2-way seed CNNs, 0.5), or the negated reconstruction error
+    (seed autoencoder; threshold = -its fitted error threshold). ``embed(x)``: unit embeddings.
+    """
+
+    task = "attributes"
+
+    def __init__(self, model, info) -> None:
+        super().__init__(model, info)
+        self.attributes = list(self.meta.get("attributes") or [])
+        self.has_embedding = EMBEDDING in self.spec.outputs
+        outs = self.spec.outputs
+        if ATTRIBUTE_LOGITS in outs:
+            fitted = self.meta.get("thresholds") or {}
+            self.thresholds = {a: float(fitted.get(a, 0.5)) for a in self.attributes}
+        elif BINARY_LOGITS in outs:
+            self.thresholds = {a: 0.5 for a in self.attributes}
+        elif RECONSTRUCTION in outs:
+            thr = float(model.threshold)
+            if math.isnan(thr):
+                raise ValueError(f"{info.get('path')}: the autoencoder's threshold was never fitted")
+            self.thresholds = {a: -thr for a in self.attributes}
+        else:
+            self.thresholds = {}
+            self.attributes = []
+
+    @torch.inference_mode()
+    def outputs(self, x: torch.Tensor, embedding: bool = True) -> dict:
+        """``{"scores": {attr: (B,)}, "embedding": (B, d) or None}`` as numpy, one forward pass."""
+        from ..attributes.models import multitask_outputs
+        x = x.to(self.device)
+        outs, scores, emb = self.spec.outputs, {}, None
+        if ATTRIBUTE_LOGITS in outs:
+            out = multitask_outputs(self.model, x, self.flip)
+            scores = {a: torch.sigmoid(out[a].float()).cpu().numpy() for a in self.attributes}
+            if embedding and EMBEDDING in outs:
+                emb = out["embedding"].float().cpu().numpy()
+        else:
+            if BINARY_LOGITS in outs:
+                p = torch.softmax(self.model(x).float(), 1)[:, 1].cpu().numpy()
+                scores = {a: p for a in self.attributes}
+            elif RECONSTRUCTION in outs:
+                s = self.model.score(x).cpu().numpy()
+                scores = {a: s for a in self.attributes}
+            if embedding and EMBEDDING in outs:
+                emb = self.model.embed(x).float().cpu().numpy()
+        return {"scores": scores, "embedding": emb}
+
+    def scores(self, x: torch.Tensor) -> dict[str, np.ndarray]:
+        return self.outputs(x, embedding=False)["scores"]
+
+    def embed(self, x: torch.Tensor) -> np.ndarray:
+        if not self.has_embedding:
+            raise ValueError(f"model {self.info['model']!r} has no identity embedding; use a multitask or "
+                             "seed003_cnn model")
+        return self.outputs(x)["embedding"]
