@@ -22,6 +22,7 @@ SUBCOMMANDS = {
     "train": "facebatch.training.cli",
     "evaluate": "facebatch.evaluation.cli",
     "enroll": "facebatch.commands.enroll",
+    "serve": "facebatch.serve.cli",
 }
 
 

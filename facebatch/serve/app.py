@@ -1,0 +1,222 @@
+"""The Ray Serve application: an HTTP ingress in front of a batched :class:`FaceAnalyzer` deployment.
+
+    serve run facebatch.serve.app:app                          # defaults
+    serve run facebatch.serve.app:build_app max_batch_size=8   # builder with options
+    serve build facebatch.serve.app:app -o serve.yaml
+    facebatch serve --port 8000                                # the command (see facebatch.serve.cli)
+
+Two deployments:
+
+* ``Ingress`` (HTTP): token, body limit, decoding in a thread pool, per-request options and
+  deadline, JSON errors (:mod:`facebatch.serve.api`). It calls the model through a
+  :class:`~ray.serve.handle.DeploymentHandle` whose queue is bounded (``max_queued_requests``).
+* ``FaceModel``: one :class:`~facebatch.inference.FaceAnalyzer` per replica. Concurrent requests
+  are gathered by ``@serve.batch``: the detector runs over the batch's images, then each model
+  once over every face of the batch (``FaceAnalyzer.analyze``). The detector's padded
+  sub-batches are formed from images of the same padded input size only, so an image gets the
+  same answer in any batch as alone (zero padding to a larger neighbour would move boxes of
+  faces near the border by up to a few percent of their size).
+
+Limits on both hops come from :meth:`ServeOptions.limits`, so that neither caps the batch.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from ray import serve
+from ray.serve import Application
+
+from .api import AnnotateAPI, AnnotateOptions, shape_faces
+from .options import APP_NAME, TOKEN_ENV, ServeOptions, is_loopback
+
+log = logging.getLogger("facebatch.serve")
+
+
+@serve.deployment(name="FaceModel")
+class FaceModel:
+    """FaceAnalyzer behind ``@serve.batch``; every method is async, compute runs in one thread."""
+
+    def __init__(self, options: dict) -> None:
+        import torch
+
+        from ..inference import FaceAnalyzer
+        self.options = ServeOptions.from_dict(options)
+        torch.set_num_threads(self.options.threads())
+        t = time.perf_counter()
+        self.fa = FaceAnalyzer.load(**self.options.analyzer_kwargs())
+        self.fa.analyze([np.zeros((64, 64, 3), np.uint8)])  # warm the detector's first-call costs
+        self.load_s = time.perf_counter() - t
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="facemodel")
+        self._batched.set_max_batch_size(self.options.max_batch_size)
+        self._batched.set_batch_wait_timeout_s(self.options.batch_wait_timeout_s)
+        self.batch_sizes: Counter = Counter()
+        self.images = self.faces = 0
+        self.busy_s = 0.0
+        try:
+            self.replica = serve.get_replica_context().replica_id.unique_id
+        except Exception:  # pragma: no cover - outside a replica
+            self.replica = "local"
+        log.info("FaceModel %s loaded in %.1f s: max_batch_size=%d, wait=%.3f s, torch threads=%d",
+                 self.replica, self.load_s, self.options.max_batch_size, self.options.batch_wait_timeout_s,
+                 self.options.threads())
+
+    async def ready(self) -> bool:
+        return True
+
+    async def describe(self) -> dict:
+        return self.fa.describe()
+
+    async def stats(self) -> dict:
+        return {"replica": self.replica, "load_s": round(self.load_s, 2),
+                "max_batch_size": self.options.max_batch_size,
+                "batch_wait_timeout_s": self.options.batch_wait_timeout_s,
+                "batches": sum(self.batch_sizes.values()), "images": self.images, "faces": self.faces,
+                "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
+                "max_batch_seen": max(self.batch_sizes, default=0), "busy_s": round(self.busy_s, 3),
+                "timings_s": {k: round(v, 3) for k, v in self.fa.timings.items()}}
+
+    async def analyze(self, image: np.ndarray, opts: AnnotateOptions) -> list[dict]:
+        return await self._batched((image, opts))
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def _batched(self, items: list[tuple[np.ndarray, AnnotateOptions]]) -> list[list[dict]]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self.run_batch, items)
+
+    def run_batch(self, items: list[tuple[np.ndarray, AnnotateOptions]]) -> list[list[dict]]:
+        """Analyze a batch with the union of what its requests ask, then give each its own part."""
+        t = time.perf_counter()
+        images = [np.asarray(im) for im, _ in items]
+        opts = [o for _, o in items]
+        mf = None if any(o.max_faces is None for o in opts) else max(o.max_faces for o in opts)
+        results = self.fa.analyze(images, max_faces=mf, faces=detect_same_as_alone(self.fa, images),
+                                  keypoints=any(o.keypoints for o in opts),
+                                  attributes=any(o.attributes for o in opts),
+                                  identity=any(o.identity for o in opts),
+                                  embedding=any(o.embedding for o in opts))
+        out = [shape_faces(r, o) for r, o in zip(results, opts)]
+        n = len(items)
+        self.batch_sizes[n] += 1
+        self.images += n
+        self.faces += sum(len(r) for r in results)
+        self.busy_s += time.perf_counter() - t
+        if sum(self.batch_sizes.values()) % 200 == 0:
+            log.info("FaceModel %s batch sizes so far: %s", self.replica, dict(sorted(self.batch_sizes.items())))
+        return out
+
+
+def detect_same_as_alone(fa, images: list[np.ndarray]) -> list:
+    """Faces per image, detected in sub-batches of images with the same padded network input,
+    so each image's answer equals its answer alone (no padding to a larger neighbour)."""
+    det = fa.detector
+    m = int(getattr(det.backend, "pad_multiple", 1) or 1)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, im in enumerate(images):
+        h, w = im.shape[:2]
+        s = det.scale_for(h, w)
+        if s != 1.0:
+            h, w = max(1, int(round(h * s))), max(1, int(round(w * s)))
+        groups.setdefault((math.ceil(h / m) * m, math.ceil(w / m) * m), []).append(i)
+    faces: list = [None] * len(images)
+    for idx in groups.values():
+        for i, f in zip(idx, fa.detect([images[i] for i in idx])):
+            faces[i] = f
+    return faces
+
+
+class _HandleModels:
+    """:class:`~facebatch.serve.api.Models` over a DeploymentHandle to FaceModel."""
+
+    def __init__(self, handle) -> None:
+        self.h = handle
+
+    async def analyze(self, image, opts):
+        return await self.h.analyze.remote(image, opts)
+
+    async def describe(self):
+        return await self.h.describe.remote()
+
+    async def stats(self):
+        return await self.h.stats.remote()
+
+    async def ready(self):
+        return await self.h.ready.remote()
+
+
+def serve_http_host() -> str | None:
+    """The host Serve's HTTP proxies listen on (asked from the Serve controller)."""
+    import ray
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+    ctrl = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    return ray.get(ctrl.get_http_config.remote(), timeout=30).host
+
+
+def check_exposure(host: str | None, token: str | None, options: ServeOptions) -> None:
+    """Refuse to answer beyond this machine without a token (identities are personal data)."""
+    if token:
+        return
+    if options.require_token:
+        raise RuntimeError(f"require_token is set but no token was given (--token or ${TOKEN_ENV})")
+    if not options.insecure and not is_loopback(host):
+        raise RuntimeError(f"Serve's HTTP host is {host!r}, not loopback, and no token is set: set --token or "
+                           f"${TOKEN_ENV}, bind 127.0.0.1, or pass --insecure (insecure=true) to allow it")
+
+
+@serve.deployment(name="Ingress")
+class Ingress:
+    """HTTP in, JSON out (:class:`facebatch.serve.api.AnnotateAPI`)."""
+
+    def __init__(self, model, options: dict) -> None:
+        from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+        opts = ServeOptions.from_dict(options)
+        token = opts.token or os.environ.get(TOKEN_ENV) or None
+        if not token and not opts.insecure:
+            check_exposure(serve_http_host(), token, opts)
+        self.api = AnnotateAPI(_HandleModels(model), opts, token,
+                               backpressure_errors=(BackPressureError,),
+                               unavailable_errors=(DeploymentUnavailableError,))
+
+    async def __call__(self, request):
+        return await self.api.handle(request)
+
+    def __del__(self):
+        api = getattr(self, "api", None)
+        if api is not None:
+            api.close()
+
+
+def build_app(options: dict | ServeOptions | None = None) -> Application:
+    """The application for ``serve.run``, ``serve run``/``serve build`` and ``cluster/serve.yaml``'s
+    ``args`` (any :class:`ServeOptions` field; strings are converted)."""
+    o = ServeOptions.from_dict(options)
+    lim = o.limits()
+    model_opts = dict(max_ongoing_requests=lim["model_max_ongoing_requests"],
+                      max_queued_requests=lim["model_max_queued_requests"],
+                      ray_actor_options={"num_cpus": o.replica_cpus})
+    rng = o.autoscale_range()
+    if rng:
+        model_opts["autoscaling_config"] = {"min_replicas": rng[0], "max_replicas": rng[1],
+                                            "initial_replicas": max(1, rng[0]),
+                                            "target_ongoing_requests": o.max_batch_size}
+    else:
+        model_opts["num_replicas"] = o.replicas
+    model_args = {**o.to_dict(secrets=True), "token": None}  # the model never sees the token
+    model = FaceModel.options(**model_opts).bind(model_args)
+    return Ingress.options(num_replicas=o.ingress_replicas,
+                           max_ongoing_requests=lim["ingress_max_ongoing_requests"],
+                           max_queued_requests=lim["ingress_max_queued_requests"],
+                           backpressure_config={"status_code": 503, "retry_after_s": o.retry_after_s},
+                           ray_actor_options={"num_cpus": o.ingress_cpus}).bind(model, o.to_dict(secrets=True))
+
+
+app = build_app()
+"""The default application (``serve run facebatch.serve.app:app``)."""
+
+__all__ = ["APP_NAME", "FaceModel", "Ingress", "app", "build_app", "detect_same_as_alone"]
