@@ -1,5 +1,6 @@
 """The ``facebatch`` command line. Each subcommand is also a Python function.
 
+    facebatch analyze IMAGE...           faces, keypoints, attributes (identity) of a few images, JSON (no Ray)
     facebatch detect IMAGE...            detect faces in a few images, print JSON (no Ray)
     facebatch preprocess ...             Ray Data job: images -> detected, cropped faces in Parquet
     facebatch train keypoints|attributes Ray Train job: Parquet -> keypoint or attribute model
@@ -17,6 +18,7 @@ import sys
 
 # subcommand -> module exposing add_arguments(parser) and run(args) -> int
 SUBCOMMANDS = {
+    "analyze": "facebatch.commands.analyze",
     "detect": "facebatch.commands.detect",
     "preprocess": "facebatch.preprocess.cli",
     "train": "facebatch.training.cli",

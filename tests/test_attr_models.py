@@ -12,9 +12,11 @@ from torch import nn
 
 from facebatch.attributes.losses import (MarginHead, MultiTaskLoss, masked_bce_with_logits,
                                          masked_cross_entropy, pos_weight_from_counts)
-from facebatch.attributes.models import (MODELS, InputNorm, MultiTaskFaceNet, SmileAutoencoder, count_params,
-                                         create_model, multitask_outputs, pixel_histograms, prepare_batch,
-                                         state_dict_sha256, wasserstein_histograms)
+from facebatch.attributes.models import (InputNorm, MultiTaskFaceNet, SmileAutoencoder, count_params,
+                                         multitask_outputs, pixel_histograms, state_dict_sha256,
+                                         wasserstein_histograms)
+from facebatch.inference import InputSpec, model_input
+from facebatch.models import create_model, get_spec
 
 
 
@@ -29,7 +31,7 @@ EXPECTED_PARAMS = {"seed002_cnn": 1_625_410, "seed002_autoencoder": 14_283, "see
 @pytest.mark.parametrize("name", ["seed002_cnn", "seed004_cnn", "seed003_cnn"])
 def test_seed_classifiers_shapes_and_params(name):
     model = create_model(name).eval()
-    s = MODELS[name].input_size
+    s = get_spec(name).example_input
     with torch.no_grad():
         out = model(torch.rand(2, 3, s, s))
     n_out = 200 if name == "seed003_cnn" else 2
@@ -256,7 +258,7 @@ def test_pretrained_retina_backbone_overfits_real_faces(celeba_root, mobilenet_w
             crops.append(im[40:178, 20:158])              # the square face region
             s, g = attrs[f.name]
             smile.append(s), glasses.append(g), ids.append(pid)
-    x = prepare_batch(crops, size)
+    x = model_input(crops, InputSpec(size))
     assert x.shape == (12, 3, size, size) and 0 <= float(x.min()) and float(x.max()) <= 1
     targets = {"smile": torch.tensor(smile, dtype=torch.float32),
                "eyeglasses": torch.tensor(glasses, dtype=torch.float32), "identity": torch.tensor(ids)}

@@ -149,8 +149,10 @@ def test_seed_models_through_the_task(synthetic_parquet, model, attrs, size):
 
 
 def test_scores_and_embeddings_of_each_model_kind():
-    from facebatch.attributes.models import create_model
-    from facebatch.evaluation.attributes import attribute_scores, embed
+    """Output meaning comes from the registry spec: sigmoid scores at stored (or 0.5) thresholds for
+    multitask, softmax for 2-way seeds, the negated error for the autoencoder; unit embeddings."""
+    from facebatch.inference import AttributeHead
+    from facebatch.models import create_model
     torch.manual_seed(0)
     x = torch.rand(3, 3, 64, 64)
     mt = create_model("multitask", backbone="resnet_small", resnet_widths=[8, 8, 16, 16], input_size=64,
@@ -158,14 +160,27 @@ def test_scores_and_embeddings_of_each_model_kind():
     ae = create_model("seed002_autoencoder").eval()
     ae.fit_threshold([0.1, 0.2], quantile=1.0)
     s3 = create_model("seed003_cnn", n_classes=5).eval()
+    s2 = create_model("seed002_cnn").eval()
+    meta = {"input_size": 64}
+    head = AttributeHead(mt, {"model": "multitask", "meta": {**meta, "attributes": ["smile", "eyeglasses"],
+                                                             "thresholds": {"smile": 0.3}}})
+    sc = head.scores(x)
+    assert set(sc) == {"smile", "eyeglasses"} and all(((s >= 0) & (s <= 1)).all() for s in sc.values())
+    assert head.thresholds == {"smile": 0.3, "eyeglasses": 0.5}
     with torch.no_grad():
-        sc = attribute_scores(mt, {"model": "multitask", "meta": {"attributes": ["smile", "eyeglasses"]}}, x)
-        assert set(sc) == {"smile", "eyeglasses"} and all(t == 0.5 and ((s >= 0) & (s <= 1)).all() for s, t in sc.values())
-        s, t = attribute_scores(ae, {"model": "seed002_autoencoder", "path": "ae", "meta": {"attributes": ["smile"]}}, x)["smile"]
-        assert t == pytest.approx(-0.2, abs=1e-6) and (s <= 0).all()
-        for net, name, d in ((mt, "multitask", 128), (s3, "seed003_cnn", 512)):
-            e = embed(net, {"model": name}, x)
-            assert e.shape == (3, d) and torch.allclose(e.norm(dim=1), torch.ones(3), atol=1e-5)
+        want = torch.sigmoid(mt(x)["smile"]).numpy()
+    np.testing.assert_allclose(sc["smile"], want, atol=1e-6)
+    ae_head = AttributeHead(ae, {"model": "seed002_autoencoder", "path": "ae", "meta": {**meta, "attributes": ["smile"]}})
+    assert ae_head.thresholds["smile"] == pytest.approx(-0.2, abs=1e-6) and (ae_head.scores(x)["smile"] <= 0).all()
+    s2_head = AttributeHead(s2, {"model": "seed002_cnn", "meta": {**meta, "attributes": ["smile"]}})
+    with torch.no_grad():
+        np.testing.assert_allclose(s2_head.scores(x)["smile"], torch.softmax(s2(x), 1)[:, 1].numpy(), atol=1e-6)
+    assert not s2_head.has_embedding
+    with pytest.raises(ValueError, match="no identity embedding"):
+        s2_head.embed(x)
+    for net, name, d in ((mt, "multitask", 128), (s3, "seed003_cnn", 512)):
+        e = AttributeHead(net, {"model": name, "meta": meta}).embed(x)
+        assert e.shape == (3, d) and np.allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
 
 
 def test_bad_task_configs_fail_clearly(synthetic_parquet):
@@ -223,7 +238,16 @@ def test_shipped_attribute_configs_load():
     for name in ("attributes", "seed002_cnn", "seed002_autoencoder", "seed004_cnn", "seed003_cnn"):
         cfg = load_config(name)
         assert cfg.task == "attributes" and cfg.epochs >= 1
-    assert load_config("attributes").export == "facebatch/release/attributes.pt"
+    assert load_config("attributes").export == "runs/exports/attributes.pt"
+
+
+def test_no_training_config_writes_into_the_shipped_models():
+    """Releasing is an explicit step (tools/release_model.py): a training run never overwrites
+    facebatch/release/."""
+    from facebatch.training.config import CONFIG_DIR
+    for path in sorted(Path(CONFIG_DIR).glob("*.json")):
+        export = json.loads(path.read_text()).get("export") or ""
+        assert "release" not in Path(export).parts, f"{path.name} exports into {export}"
 
 
 # ---------------------------------------------------------------------------------- real, through Ray

@@ -10,8 +10,8 @@ from PIL import Image
 from facebatch.formats.udacity68 import read_udacity68_csv
 from facebatch.keypoints.augment import NO_AUGMENT, augment
 from facebatch.keypoints.losses import masked_l1, masked_mse, masked_wing
-from facebatch.keypoints.models import (MODELS, count_flops, count_params, create_model, predict_with_flip,
-                                        soft_argmax)
+from facebatch.keypoints.models import count_flops, count_params, predict_with_flip, soft_argmax
+from facebatch.models import create_model, registry
 from facebatch.keypoints.schemes import IBUG68, KAGGLE15, Scheme, to_unit
 
 
@@ -29,16 +29,16 @@ EXPECTED = {
 
 
 def test_registry_covers_expected():
-    assert set(EXPECTED) <= set(MODELS)
-    with pytest.raises(ValueError, match="unknown keypoint model"):
-        create_model("nope", 15)
+    assert set(EXPECTED) <= set(registry("keypoints"))
+    with pytest.raises(ValueError, match="unknown keypoints model"):
+        create_model("nope", task="keypoints", n_points=15)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_forward_shapes_and_sizes(name):
     shape, (lo, hi) = EXPECTED[name]
     torch.manual_seed(0)
-    model = create_model(name, 15)
+    model = create_model(name, n_points=15)
     assert (model.in_channels, model.input_size, model.n_points) == (shape[0], shape[1], 15)
     assert lo <= count_params(model) <= hi
     model.eval()
@@ -52,22 +52,22 @@ def test_forward_shapes_and_sizes(name):
 
 
 def test_se_variant_and_flops_order():
-    plain, se = create_model("seed001_cnn", 15), create_model("seed001_se_cnn", 15)
+    plain, se = create_model("seed001_cnn", n_points=15), create_model("seed001_se_cnn", n_points=15)
     assert 0 < count_params(se) - count_params(plain) < 50_000
-    small = count_flops(create_model("mobilenet_face_kp", 68), (1, 3, 128, 128))
-    big = count_flops(create_model("seed000_resnet18_mlp", 68), (1, 3, 256, 256))
+    small = count_flops(create_model("mobilenet_face_kp", n_points=68), (1, 3, 128, 128))
+    big = count_flops(create_model("seed000_resnet18_mlp", n_points=68), (1, 3, 256, 256))
     assert small * 10 < big
-    m = create_model("mobilenet_face_kp", 68, head="regression")
+    m = create_model("mobilenet_face_kp", n_points=68, head="regression")
     assert m(torch.rand(1, 3, 96, 96)).shape == (1, 136)
     with pytest.raises(ValueError):
-        create_model("mobilenet_face_kp", 68, input_size=100)
+        create_model("mobilenet_face_kp", n_points=68, input_size=100)
 
 
 def test_pretrained_loads_detector_weights(mobilenet_weights):
     from facebatch.detection.mobilenet_backend import load_mobilenet_retinaface
 
     det, _ = load_mobilenet_retinaface(path=str(mobilenet_weights))
-    model = create_model("mobilenet_face_kp", 68, pretrained=True, weights_dir=str(mobilenet_weights.parent))
+    model = create_model("mobilenet_face_kp", n_points=68, pretrained=True, weights_dir=str(mobilenet_weights.parent))
     torch.testing.assert_close(model.body.stage2[0][0].weight, det.body.stage2[0][0].weight)
     torch.testing.assert_close(model.ssh[2].conv3X3[0].weight, det.ssh3.conv3X3[0].weight)
 
@@ -79,7 +79,7 @@ def test_pretrained_missing_weights_explains(tmp_path, monkeypatch):
     monkeypatch.setenv("FACEBATCH_DATA", str(tmp_path / "nodata"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     with pytest.raises(WeightsNotFoundError, match="pretrained=False"):
-        create_model("mobilenet_face_kp", 68, pretrained=True, weights_dir=str(tmp_path / "empty"))
+        create_model("mobilenet_face_kp", n_points=68, pretrained=True, weights_dir=str(tmp_path / "empty"))
 
 
 def test_soft_argmax_cell_centres():
@@ -116,7 +116,7 @@ def test_predict_with_flip():
     torch.testing.assert_close(out[0], torch.tensor([0.3, 0.5, 0.7, 0.5]))
     x = torch.rand(2, 1, 16, 16) ** 4
     torch.testing.assert_close(predict_with_flip(_Centroid(), x, toy), _Centroid()(x))
-    model = create_model("mobilenet_face_kp", 15).eval()
+    model = create_model("mobilenet_face_kp", n_points=15).eval()
     assert predict_with_flip(model, torch.rand(2, 3, 64, 64), KAGGLE15).shape == (2, 30)
 
 
@@ -165,7 +165,7 @@ def face_batch(udacity_root):
 def test_strong_model_overfits_real_faces(face_batch, mobilenet_weights):
     x, y = face_batch
     torch.manual_seed(0)
-    model = create_model("mobilenet_face_kp", 68, pretrained=True, weights_dir=str(mobilenet_weights.parent))
+    model = create_model("mobilenet_face_kp", n_points=68, pretrained=True, weights_dir=str(mobilenet_weights.parent))
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(25):
@@ -176,18 +176,6 @@ def test_strong_model_overfits_real_faces(face_batch, mobilenet_weights):
         losses.append(loss.item())
     assert np.mean(losses[-3:]) < 0.35 * losses[0], losses
     assert all(np.isfinite(losses))
-
-
-def test_to_input():
-    from facebatch.keypoints.models import to_input
-
-    imgs = np.zeros((2, 4, 5, 3), np.uint8)
-    imgs[..., 0] = 255
-    rgb, grey = to_input(imgs, 3), to_input(imgs, 1)
-    assert rgb.shape == (2, 3, 4, 5) and grey.shape == (2, 1, 4, 5)
-    assert rgb[0, 0, 0, 0] == 1.0 and grey[0, 0, 0, 0] == pytest.approx(0.299)
-    with pytest.raises(ValueError):
-        to_input(imgs.astype(np.float32), 3)
 
 
 def test_resolution_ensemble_averages_members_at_their_sizes():
@@ -202,7 +190,7 @@ def test_resolution_ensemble_averages_members_at_their_sizes():
         small = F.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False, antialias=True)
         want = (ens.members[0](small) + ens.members[1](x)) / 2
         assert torch.allclose(ens(x), want, atol=1e-6)
-    one = create_model("resolution_ensemble", 5, members=specs[1:]).eval()
+    one = create_model("resolution_ensemble", n_points=5, members=specs[1:]).eval()
     one.members[0].load_state_dict(ens.members[1].state_dict())
     with torch.no_grad():
         assert torch.allclose(one(x), ens.members[1](x))

@@ -2,7 +2,7 @@
 ``resolution_ensemble`` model file.
 
     python tools/ensemble_keypoints.py runs/exports/keypoints68_128.pt runs/exports/keypoints68_160.pt \
-        runs/exports/keypoints68_192.pt --out facebatch/release/keypoints68.pt
+        runs/exports/keypoints68_192.pt --out runs/exports/keypoints68.pt
 
 The ensemble is fed crops at the largest member's size and resizes them for the others; its
 outputs are the mean of the members' unit coordinates. ``meta`` is the last member's (its
@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from facebatch.keypoints.models import create_model  # noqa: E402
+from facebatch.models import create_model  # noqa: E402
 from facebatch.modelio import load_model, save_model_file  # noqa: E402
 
 
@@ -32,7 +32,7 @@ def main(argv=None) -> Path:
     n_points = loaded[0][1]["model_kwargs"]["n_points"]
     specs = [{"model": info["model"], **{k: v for k, v in info["model_kwargs"].items() if k != "n_points"}}
              for _, info in loaded]
-    ens = create_model("resolution_ensemble", n_points, members=specs)
+    ens = create_model("resolution_ensemble", n_points=n_points, members=specs)
     for member, (model, _) in zip(ens.members, loaded):
         member.load_state_dict(model.state_dict())
     meta = dict(loaded[-1][1]["meta"])

@@ -4,17 +4,19 @@
     facebatch enroll --match PHOTOS/ --gallery gallery.npz [--threshold 0.5] [--output matches.csv]
 
 --input holds one sub-folder per person (the folder name is the person's name) with one or
-more photos each. Every photo is detected and cropped (the preprocess job, format
-``classes``, on Ray), embedded with MODEL (a shipped name or a model file with an identity
-embedding), and each person's centroid is stored in an open-set
+more photos each. Every photo is decoded, its largest face detected, cut and embedded with
+MODEL (a shipped name or a model file with an identity embedding) through
+:class:`~facebatch.inference.FaceAnalyzer`, in this process (no Ray job: a gallery is a
+handful of photos per person). Each person's centroid is stored in an open-set
 :class:`~facebatch.attributes.gallery.Gallery` with the model's name and weights hash.
-Photos where no face is found are reported and skipped.
+Photos where no face is found (or that cannot be read) are reported and skipped.
 
---match takes a folder of photos (or a single file): each face is embedded with the same model
-(the gallery refuses another one) and given the nearest person, or ``unknown`` when the cosine
-similarity is below --threshold (default: the gallery's threshold if it has one, else the
-model's ``verification_threshold`` if recorded, else 0.5; `facebatch evaluate identity`
-reports a fitted one). Matches are printed as JSON lines and, with --output, written as CSV.
+--match takes a folder of photos (or a single file): the largest face of each is embedded with
+the same model (the gallery refuses another one) and given the nearest person, or ``unknown``
+when the cosine similarity is below --threshold (default: the gallery's threshold if it has
+one, else the model's ``verification_threshold`` if recorded, else 0.5; `facebatch evaluate
+identity` reports a fitted one). Matches are printed as JSON lines and, with --output, written
+as CSV. For whole buckets use ``facebatch annotate --gallery``.
 
 The same as Python functions: :func:`enroll` and :func:`match`.
 """
@@ -23,98 +25,101 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from ..formats.base import IMAGE_EXTENSIONS
+from .detect import add_detector_arguments, detector_options
+
 DEFAULT_THRESHOLD = 0.5
+BATCH = 16  # photos decoded and analyzed together (bounded memory for big folders)
 
 
-def _preprocess(src: str, fmt: str, work: Path, address: str | None, crop_size: int) -> list[dict]:
-    import pyarrow.parquet as pq
-    from ..preprocess.config import PreprocessConfig
-    from ..preprocess.pipeline import run_preprocess
-    from ..preprocess.rows import CropConfig
-    out = work / "preprocess"
-    run_preprocess(PreprocessConfig(input=str(src), output=str(out), format=fmt, progress="none",
-                                    crop=CropConfig(crop_size=crop_size)), address=address)
-    rows = pq.read_table(str(out)).to_pylist()
-    rows = [r for r in rows if (r["face_index"] or 0) <= 0]
-    rows.sort(key=lambda r: r["path"])
-    return rows
+def _photos(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in (*IMAGE_EXTENSIONS, ".gif")
+                  and not p.name.startswith("."))
 
 
-class _WorkDir:
-    def __init__(self, work_dir: str | None) -> None:
-        self.keep = work_dir is not None
-        self.path = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="facebatch-enroll-"))
+def _embed_files(analyzer, paths: list[Path]) -> list[dict]:
+    """Per file: path, status, error and the largest face's embedding (None without a face)."""
+    from ..imaging import decode_image
+    out = []
+    for j in range(0, len(paths), BATCH):
+        part = paths[j:j + BATCH]
+        decoded = [decode_image(p.read_bytes()) for p in part]
+        ok = [k for k, d in enumerate(decoded) if d.ok]
+        faces = analyzer.analyze([decoded[k].image for k in ok], max_faces=1, keypoints=False,
+                                 attributes=False, identity=False, embedding=True)
+        by_index = dict(zip(ok, faces))
+        for k, (p, d) in enumerate(zip(part, decoded)):
+            f = by_index.get(k) or []
+            status = d.status if not d.ok else ("ok" if f else "no_face")
+            error = d.error if not d.ok else (None if f else "no face found above the score threshold")
+            out.append({"path": str(p), "status": status, "error": error,
+                        "embedding": np.asarray(f[0].embedding, np.float32) if f else None})
+    return out
 
-    def __enter__(self) -> Path:
-        self.path.mkdir(parents=True, exist_ok=True)
-        return self.path
 
-    def __exit__(self, *exc) -> None:
-        if not self.keep:
-            shutil.rmtree(self.path, ignore_errors=True)
+def _analyzer(model: str, gallery: str | None = None, threshold: float | None = None, **detector):
+    from ..inference import FaceAnalyzer
+    fa = FaceAnalyzer.load(keypoints=None, attributes=model, gallery=gallery, identity_threshold=threshold,
+                           **detector)
+    if not fa.attributes.has_embedding:
+        raise ValueError(f"model {model!r} has no identity embedding; use a multitask or seed003_cnn model")
+    return fa
 
 
-def enroll(input_dir: str, output: str, model: str = "attributes", address: str | None = None,
-           work_dir: str | None = None, crop_size: int = 256, threshold: float | None = None) -> dict:
+def enroll(input_dir: str, output: str, model: str = "attributes", threshold: float | None = None,
+           **detector) -> dict:
     """Build and save a gallery from a folder with one sub-folder per person; returns a summary
-    (``gallery`` path, ``people``, ``images``, ``no_face`` paths)."""
+    (``gallery`` path, ``people``, ``images``, ``no_face`` paths with their status)."""
     from ..attributes.gallery import Gallery
     from ..attributes.models import state_dict_sha256
-    from ..evaluation.attributes import embed_rows, load_attribute_model
-    net, info = load_attribute_model(model)
-    if not Path(input_dir).is_dir():
+    root = Path(input_dir)
+    if not root.is_dir():
         raise FileNotFoundError(f"--input {input_dir} is not a folder (one sub-folder per person expected)")
-    with _WorkDir(work_dir) as work:
-        rows = _preprocess(input_dir, "classes", work, address, crop_size)
-    ok = [r for r in rows if r["status"] == "ok" and r["crop"] is not None]
+    people = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not people:
+        raise ValueError(f"--input {input_dir} has no sub-folders; put each person's photos in a folder named "
+                         "after them")
+    fa = _analyzer(model, **detector)
+    rows, names = [], []
+    for person in people:
+        r = _embed_files(fa, _photos(person))
+        rows += r
+        names += [person.name] * len(r)
+    ok = [k for k, r in enumerate(rows) if r["embedding"] is not None]
     if not ok:
         raise ValueError(f"no face found in any photo under {input_dir}")
-    emb = embed_rows(net, info, ok)
-    meta = {"model_file": Path(info["path"]).name, "model_file_sha256": info["sha256"],
-            "input_size": info["meta"]["input_size"], "source": str(input_dir)}
+    head = fa.attributes
+    meta = {"model_file": Path(head.info["path"]).name, "model_file_sha256": head.info["sha256"],
+            "input_size": head.input.size, "source": str(input_dir)}
     if threshold is not None:
         meta["threshold"] = float(threshold)
-    gallery = Gallery.from_embeddings(emb, [r["identity"] for r in ok], model_name=info["model"],
-                                      model_hash=state_dict_sha256(net), **meta)
+    gallery = Gallery.from_embeddings(np.stack([rows[k]["embedding"] for k in ok]), [names[k] for k in ok],
+                                      model_name=head.info["model"], model_hash=state_dict_sha256(head.model), **meta)
     path = gallery.save(output)
-    no_face = [r["path"] for r in rows if r["status"] != "ok" or r["crop"] is None]
+    no_face = [{"path": r["path"], "status": r["status"], "error": r["error"]} for r in rows if r["embedding"] is None]
     return {"gallery": str(path), "people": len(gallery), "images": len(ok), "no_face": no_face,
             "counts": dict(zip(gallery.names, map(int, gallery.counts)))}
 
 
 def match(images: str, gallery: str, model: str = "attributes", threshold: float | None = None,
-          address: str | None = None, work_dir: str | None = None, crop_size: int = 256) -> list[dict]:
-    """Nearest enrolled person (or ``unknown``) for the face in each photo of a folder or file."""
-    from ..attributes.gallery import UNKNOWN, Gallery
-    from ..attributes.models import state_dict_sha256
-    from ..evaluation.attributes import embed_rows, load_attribute_model
-    net, info = load_attribute_model(model)
-    g = Gallery.load(gallery, expected_model_hash=state_dict_sha256(net))
-    if threshold is None:
-        threshold = g.metadata.get("threshold") or info["meta"].get("verification_threshold") or DEFAULT_THRESHOLD
+          **detector) -> list[dict]:
+    """Nearest enrolled person (or ``unknown``) for the largest face in each photo of a folder or file."""
+    from ..attributes.gallery import UNKNOWN
     src = Path(images)
     if not src.exists():
         raise FileNotFoundError(f"--match {images} not found")
-    with _WorkDir(work_dir) as work:
-        if src.is_file():  # the folder format reads folders: link the one file into one
-            one = work / "single"
-            one.mkdir(exist_ok=True)
-            (one / src.name).symlink_to(src.resolve())
-            src = one
-        rows = _preprocess(str(src), "folder", work, address, crop_size)
-    emb = embed_rows(net, info, rows)
+    fa = _analyzer(model, gallery=gallery, threshold=threshold, **detector)
+    paths = [src] if src.is_file() else _photos(src)
     out = []
-    for r, e in zip(rows, emb):
-        if r["status"] != "ok" or r["crop"] is None or not np.isfinite(e).all():
+    for r in _embed_files(fa, paths):
+        if r["embedding"] is None:
             out.append({"path": r["path"], "status": r["status"], "person": UNKNOWN, "similarity": None})
             continue
-        name, sim = g.match(e, float(threshold))[0]
+        name, sim = fa.gallery.match(r["embedding"], float(fa.identity_threshold))[0]
         out.append({"path": r["path"], "status": r["status"], "person": name, "similarity": round(sim, 5)})
     return out
 
@@ -127,16 +132,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gallery", default=None, help="gallery .npz to match against (with --match)")
     p.add_argument("--threshold", type=float, default=None,
                    help="cosine similarity below which a face is 'unknown' (stored in the gallery when enrolling)")
-    p.add_argument("--crop-size", type=int, default=256, help="side of the face crops made before embedding")
-    p.add_argument("--work-dir", default=None, help="keep the preprocess output here (default: a temporary folder)")
-    p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else local Ray)")
+    add_detector_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.match:
         if not args.gallery:
             raise ValueError("--match needs --gallery GALLERY.npz")
-        res = match(args.match, args.gallery, args.model, args.threshold, args.address, args.work_dir, args.crop_size)
+        res = match(args.match, args.gallery, args.model, args.threshold, **_detector(args))
         for r in res:
             print(json.dumps(r))
         if args.output:
@@ -147,6 +150,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.input or not args.output:
         raise ValueError("enroll needs --input PEOPLE_DIR and --output GALLERY.npz (or --match PHOTOS --gallery G)")
-    summary = enroll(args.input, args.output, args.model, args.address, args.work_dir, args.crop_size, args.threshold)
+    summary = enroll(args.input, args.output, args.model, args.threshold, **_detector(args))
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _detector(args: argparse.Namespace) -> dict:
+    opts = detector_options(args)
+    opts.pop("device", None)  # the analyzer puts every model and the detector on --device
+    return {"detector": args.backend, "device": args.device, **opts}

@@ -24,14 +24,10 @@ import math
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..attributes.metrics import BINARY_KEYS, binary_metrics
-from ..attributes.models import multitask_outputs
-from ..modelio import load_model
-from .common import crop_array, load_rows
-
-EMBEDDING_MODELS = ("multitask", "seed003_cnn")
+from ..inference import AttributeHead
+from .common import has_crop, load_rows, row_batches
 
 
 def _json_safe(v):
@@ -44,81 +40,24 @@ def _json_safe(v):
     return v
 
 
-def load_attribute_model(name_or_path: str):
-    """``(model, info)`` of an attribute model file (see :func:`facebatch.modelio.load_model`)."""
-    model, info = load_model(name_or_path)
-    if info["task"] != "attributes":
-        raise ValueError(f"{info['path']} is a {info['task']} model, not an attribute model")
-    return model, info
-
-
-def input_batches(rows: list[dict], size: int, batch_size: int = 64):
-    """``(indices, x)`` batches for the rows that have a crop; ``x`` is RGB [0, 1] ``(B, 3, S, S)``."""
-    idx = [i for i, r in enumerate(rows) if r["status"] == "ok" and r["crop"] is not None]
-    for j in range(0, len(idx), batch_size):
-        sel = idx[j:j + batch_size]
-        x = torch.from_numpy(np.stack([crop_array(rows[i], size, False) for i in sel])).permute(0, 3, 1, 2).float() / 255
-        yield sel, x
-
-
-def attribute_scores(model, info: dict, x: torch.Tensor) -> dict[str, tuple[np.ndarray, float]]:
-    """Per attribute of the model: ``(scores (B,), decision threshold on them)``."""
-    name, meta = info["model"], info["meta"]
-    attrs = meta.get("attributes") or []
-    if name == "multitask":
-        out = multitask_outputs(model, x, bool(meta.get("flip_test")))
-        thr = meta.get("thresholds") or {}  # fitted on the validation split at export; 0.5 in older files
-        return {a: (torch.sigmoid(out[a].float()).numpy(), float(thr.get(a, 0.5))) for a in attrs}
-    if name == "seed002_autoencoder":
-        thr = float(model.threshold)
-        if math.isnan(thr):
-            raise ValueError(f"{info['path']}: the autoencoder's threshold was never fitted")
-        return {attrs[0]: (model.score(x).numpy(), -thr)}
-    if name in ("seed002_cnn", "seed004_cnn"):
-        return {attrs[0]: (torch.softmax(model(x).float(), 1)[:, 1].numpy(), 0.5)}
-    raise ValueError(f"model {name!r} predicts no binary attribute")
-
-
-def embed(model, info: dict, x: torch.Tensor) -> torch.Tensor:
-    """Unit-length identity embeddings ``(B, d)``: the multitask embedding head, or seed003's
-    penultimate (512-d dense) layer."""
-    name = info["model"]
-    if name == "multitask":
-        return multitask_outputs(model, x, bool((info.get("meta") or {}).get("flip_test")))["embedding"]
-    if name == "seed003_cnn":
-        f = model.classifier[:4](model.features(x))  # pool, flatten, dense 512, ReLU
-        return torch.nn.functional.normalize(f.float(), dim=1)
-    raise ValueError(f"model {name!r} has no identity embedding; use a multitask or seed003_cnn model")
-
-
-def embed_rows(model, info: dict, rows: list[dict], batch_size: int = 64) -> np.ndarray:
-    """Embeddings ``(N, d)`` of rows (NaN rows where there is no crop)."""
-    size = info["meta"]["input_size"]
+def embed_rows(head: AttributeHead, rows: list[dict], batch_size: int = 64) -> np.ndarray:
+    """Unit embeddings ``(N, d)`` of rows (NaN rows where there is no crop)."""
     out = None
-    with torch.inference_mode():
-        for sel, x in input_batches(rows, size, batch_size):
-            e = embed(model, info, x).numpy()
-            if out is None:
-                out = np.full((len(rows), e.shape[1]), np.nan, np.float32)
-            out[sel] = e
+    for sel, x in row_batches(rows, head.input, batch_size):
+        e = head.embed(x)
+        if out is None:
+            out = np.full((len(rows), e.shape[1]), np.nan, np.float32)
+        out[sel] = e
     return out if out is not None else np.full((len(rows), 1), np.nan, np.float32)
 
 
-def score_rows(model, info: dict, rows: list[dict], batch_size: int = 64) -> tuple[dict, dict]:
-    """``(scores {attr: (N,) NaN where no crop}, thresholds {attr: t})``."""
-    size = info["meta"]["input_size"]
-    attrs = info["meta"].get("attributes") or []
-    scores = {a: np.full(len(rows), np.nan) for a in attrs}
-    thr = {}
-    with torch.inference_mode():
-        for sel, x in input_batches(rows, size, batch_size):
-            for a, (s, t) in attribute_scores(model, info, x).items():
-                scores[a][sel] = s
-                thr[a] = t
-    if not thr:  # no crops at all: thresholds from one dummy input
-        with torch.inference_mode():
-            thr = {a: t for a, (_, t) in attribute_scores(model, info, torch.zeros(1, 3, size, size)).items()}
-    return scores, thr
+def score_rows(head: AttributeHead, rows: list[dict], batch_size: int = 64) -> dict[str, np.ndarray]:
+    """Scores per attribute ``{attr: (N,)}``, NaN where there is no crop (thresholds: ``head.thresholds``)."""
+    scores = {a: np.full(len(rows), np.nan) for a in head.attributes}
+    for sel, x in row_batches(rows, head.input, batch_size):
+        for a, s in head.scores(x).items():
+            scores[a][sel] = s
+    return scores
 
 
 def evaluate_attributes(model_name: str, src: str, fmt: str | None, outdir: str, labels: str | None = None,
@@ -127,9 +66,8 @@ def evaluate_attributes(model_name: str, src: str, fmt: str | None, outdir: str,
     from ..attributes.plots import save_confusion_png
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
-    model, info = load_attribute_model(model_name)
-    meta = info["meta"]
-    attrs = meta.get("attributes") or []
+    head = AttributeHead.load(model_name)
+    info, meta, attrs = head.info, head.meta, head.attributes
     if not attrs:
         raise ValueError(f"{info['path']} predicts no binary attribute (an identity model: use `evaluate identity`)")
     rows = load_rows(src, fmt, out, labels=labels, address=address, splits=splits, limit=limit)
@@ -138,8 +76,8 @@ def evaluate_attributes(model_name: str, src: str, fmt: str | None, outdir: str,
     present = [a for a in attrs if any(x.get(a) is not None for x in lab)]
     if not present:
         raise ValueError(f"no labels for the model's attributes {attrs} in {src}")
-    failed = np.array([r["status"] != "ok" or r["crop"] is None for r in rows])
-    scores, thr = score_rows(model, info, rows)
+    failed = np.array([not has_crop(r) for r in rows])
+    scores, thr = score_rows(head, rows), head.thresholds
     metrics = {}
     for a in present:
         sel = np.array([x.get(a) is not None for x in lab])

@@ -1,12 +1,11 @@
 """Shared by every evaluation: getting preprocess rows from a raw dataset or a Parquet output."""
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
-from PIL import Image
+
+from ..inference import InputSpec, model_input
 
 
 def is_parquet_source(src: str) -> bool:
@@ -38,12 +37,16 @@ def load_rows(src: str, fmt: str | None, outdir: Path, labels: str | None = None
     return rows
 
 
-def crop_array(row: dict, size: int, grey: bool) -> np.ndarray:
-    img = Image.open(io.BytesIO(row["crop"])).convert("L" if grey else "RGB")
-    if img.size != (size, size):
-        img = img.resize((size, size), Image.BILINEAR)
-    a = np.asarray(img, np.uint8)
-    return a[..., None] if grey else a
+def has_crop(row: dict) -> bool:
+    return row["status"] == "ok" and row["crop"] is not None
+
+
+def row_batches(rows: list[dict], spec: InputSpec, batch_size: int = 64):
+    """``(indices, x)`` batches of model input (the one input contract) for the rows that have a crop."""
+    idx = [i for i, r in enumerate(rows) if has_crop(r)]
+    for j in range(0, len(idx), batch_size):
+        sel = idx[j:j + batch_size]
+        yield sel, model_input([rows[i]["crop"] for i in sel], spec)
 
 
 def fallback_crop_box(row: dict) -> list[float]:

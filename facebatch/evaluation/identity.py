@@ -39,19 +39,19 @@ import torch
 
 from ..attributes.gallery import Gallery
 from ..attributes.metrics import make_pairs, top1_accuracy, verification_accuracy
-from .attributes import _json_safe, embed_rows, input_batches, load_attribute_model
-from .common import load_rows
+from ..inference import AttributeHead
+from .attributes import _json_safe, embed_rows
+from .common import has_crop, load_rows, row_batches
 
 
-def classifier_predictions(model, info: dict, rows: list[dict], batch_size: int = 64) -> np.ndarray | None:
+def classifier_predictions(head: AttributeHead, rows: list[dict], batch_size: int = 64) -> np.ndarray | None:
     """Class index per row from the model's own identity head (-1 without a crop), or None."""
-    ids = info["meta"].get("identities")
-    if not ids:
+    if not head.meta.get("identities"):
         return None
     pred = np.full(len(rows), -1, np.int64)
     with torch.inference_mode():
-        for sel, x in input_batches(rows, info["meta"]["input_size"], batch_size):
-            out = model(x)
+        for sel, x in row_batches(rows, head.input, batch_size):
+            out = head.model(x)
             if isinstance(out, dict):
                 if "identity_logits" not in out:
                     return None
@@ -66,14 +66,14 @@ def evaluate_identity(model_name: str, src: str, fmt: str | None, outdir: str, l
     """Run the identity evaluation and write its files into ``outdir``; returns the metrics."""
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
-    model, info = load_attribute_model(model_name)
-    meta = info["meta"]
+    head = AttributeHead.load(model_name)
+    info, meta = head.info, head.meta
     rows = load_rows(src, fmt, out, labels=labels, address=address, limit=limit)
     rows = [r for r in rows if (r["face_index"] or 0) <= 0 and r["identity"] is not None]
     if not rows:
         raise ValueError(f"no rows with an identity in {src}; identity evaluation needs celeba, classes or csv data")
-    failed = np.array([r["status"] != "ok" or r["crop"] is None for r in rows])
-    emb = embed_rows(model, info, rows)
+    failed = np.array([not has_crop(r) for r in rows])
+    emb = embed_rows(head, rows)
     split = np.array([r["split"] for r in rows])
     ident = np.array([r["identity"] for r in rows])
 
@@ -99,7 +99,7 @@ def evaluate_identity(model_name: str, src: str, fmt: str | None, outdir: str, l
         truth = np.array([names[n] for n in ident[p_idx]])
         metrics["top1"] = top1_accuracy(truth, pred, failed[p_idx])
         pred_names = [gallery.names[k] if k >= 0 else "" for k in pred]
-        cls = classifier_predictions(model, info, [rows[i] for i in p_idx])
+        cls = classifier_predictions(head, [rows[i] for i in p_idx])
         if cls is not None:
             classes = meta["identities"]
             cls_names = np.array([classes[k] if k >= 0 else "" for k in cls])

@@ -11,30 +11,21 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from ..keypoints.metrics import mae_px, nme_interocular, pck, per_point_table, rmse_norm, write_table_csv
-from ..keypoints.models import predict_with_flip
-from ..keypoints.schemes import get_scheme
-from ..modelio import load_model
-from ..training.keypoint_task import FACE_FRAME_PX, convert_scheme
-from .common import crop_array, fallback_crop_box, load_rows
+from ..inference import KeypointHead
+from ..keypoints.metrics import (FACE_FRAME_PX, mae_px, nme_interocular, pck, per_point_table, rmse_norm,
+                                 write_table_csv)
+from ..keypoints.schemes import convert_scheme
+from .common import fallback_crop_box, has_crop, load_rows, row_batches
 
 METRIC_KEYS = ("n_images", "failed", "nme_interocular", "rmse_norm", "mae_px", "pck_5px", "pck_10px", "pck_15px")
 
 
-def predict_rows(model, meta: dict, rows: list[dict], batch_size: int = 64) -> np.ndarray:
+def predict_rows(head: KeypointHead, rows: list[dict], batch_size: int = 64) -> np.ndarray:
     """Unit-crop predictions ``(N, K, 2)`` for rows with a crop; NaN for the others."""
-    scheme = get_scheme(meta["scheme"])
-    size, grey = meta["input_size"], meta["grey"]
-    out = np.full((len(rows), scheme.n_points, 2), np.nan, np.float32)
-    idx = [i for i, r in enumerate(rows) if r["status"] == "ok" and r["crop"] is not None]
-    with torch.inference_mode():
-        for j in range(0, len(idx), batch_size):
-            sel = idx[j:j + batch_size]
-            x = torch.from_numpy(np.stack([crop_array(rows[i], size, grey) for i in sel])).permute(0, 3, 1, 2).float() / 255
-            y = predict_with_flip(model, x, scheme) if meta.get("flip_test") else model(x)
-            out[sel] = y.view(len(sel), -1, 2).numpy()
+    out = np.full((len(rows), head.scheme.n_points, 2), np.nan, np.float32)
+    for sel, x in row_batches(rows, head.input, batch_size):
+        out[sel] = head.predict(x)
     return out
 
 
@@ -44,15 +35,14 @@ def evaluate_keypoints(model_name: str, src: str, fmt: str | None, outdir: str, 
     """Run the evaluation and write its files into ``outdir``; returns the metrics."""
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
-    model, info = load_model(model_name)
-    meta = info["meta"]
-    scheme = get_scheme(meta["scheme"])
+    head = KeypointHead.load(model_name)
+    info, meta, scheme = head.info, head.meta, head.scheme
     rows = load_rows(src, fmt, out, labels=labels, address=address, splits=splits, limit=limit)
     rows = [r for r in rows if r["keypoints"] is not None and (r["face_index"] or 0) <= 0]
     if not rows:
         raise ValueError(f"no labelled keypoints in {src}; evaluation needs a keypoint format (udacity68, kaggle15)")
-    unit = predict_rows(model, meta, rows)
-    failed = np.array([r["status"] != "ok" or r["crop"] is None for r in rows])
+    unit = predict_rows(head, rows)
+    failed = np.array([not has_crop(r) for r in rows])
     if failed.any():
         mean_shape = np.nanmean(unit[~failed], axis=0) if (~failed).any() else np.full(unit.shape[1:], 0.5, np.float32)
         unit[failed] = mean_shape

@@ -91,7 +91,13 @@ def face_crop(image: np.ndarray, box, frame: CropFrame = CropFrame()) -> tuple[t
 
 def decode_crop(crop: bytes | np.ndarray, size: int, grey: bool = False) -> np.ndarray:
     """A stored crop (JPEG bytes or an RGB array) -> ``uint8 (size, size, C)`` model pixels."""
-    img = Image.open(io.BytesIO(crop)) if isinstance(crop, (bytes, bytearray, memoryview)) else Image.fromarray(crop)
+    if isinstance(crop, (bytes, bytearray, memoryview)):
+        img = Image.open(io.BytesIO(crop))
+    else:
+        arr = np.asarray(crop)
+        if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+            raise ValueError(f"a crop must be JPEG bytes or a uint8 (H, W, 3) RGB array, got {arr.dtype} {arr.shape}")
+        img = Image.fromarray(arr)
     img = img.convert("L" if grey else "RGB")
     if img.size != (size, size):
         img = img.resize((size, size), Image.BILINEAR)
@@ -101,7 +107,10 @@ def decode_crop(crop: bytes | np.ndarray, size: int, grey: bool = False) -> np.n
 
 def to_tensor(pixels: np.ndarray) -> torch.Tensor:
     """``uint8 (N, S, S, C)`` model pixels -> ``float32 (N, C, S, S)`` in ``[0, 1]`` (a new tensor)."""
-    return torch.from_numpy(np.array(pixels, dtype=np.uint8, copy=True)).permute(0, 3, 1, 2).float().div_(255.0)
+    arr = np.asarray(pixels)
+    if arr.dtype != np.uint8 or arr.ndim != 4:
+        raise ValueError(f"expected uint8 (N, S, S, C) pixels, got {arr.dtype} {arr.shape}")
+    return torch.from_numpy(arr.copy()).permute(0, 3, 1, 2).float().div_(255.0)
 
 
 def model_input(crops: Sequence[bytes | np.ndarray], spec: InputSpec) -> torch.Tensor:

@@ -20,6 +20,7 @@ import numpy as np
 from .schemes import Scheme, get_scheme
 
 PCK_THRESHOLDS_PX = (5.0, 10.0, 15.0)
+FACE_FRAME_PX = 96  # seed 001's metrics are in pixels of a 96x96 face frame
 
 
 def _prep(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -226,3 +226,12 @@ def unit_to_image(unit: np.ndarray, box: tuple[float, float, float, float]) -> n
     """
     x0, y0, x1, y1 = map(float, box)
     return (np.asarray(unit, dtype=np.float64) * [x1 - x0, y1 - y0] + [x0, y0] - 0.5).astype(np.float32)
+
+
+def convert_scheme(points: np.ndarray, source: str, target: str) -> np.ndarray:
+    """``(N, K, 2)`` points from ``source`` layout to ``target`` (ibug68 -> kaggle15 is the only conversion)."""
+    if source == target:
+        return points
+    if (source, target) == ("ibug68", "kaggle15"):
+        return ibug68_to_kaggle15(points)
+    raise ValueError(f"cannot convert {source} keypoints to {target}")

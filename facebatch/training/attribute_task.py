@@ -32,7 +32,6 @@ jitter factors ``brightness``, ``contrast``, ``saturation`` (each drawn from ``1
 from __future__ import annotations
 
 import inspect
-import io
 import json
 import logging
 import math
@@ -42,18 +41,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from .. import schema as S
+from ..inference.inputs import InputSpec, decode_crop, model_input, to_tensor
+from ..models import ATTRIBUTE_LOGITS, CLASS_LOGITS, RECONSTRUCTION, create_model, get_spec
 from .config import TrainConfig
 
 log = logging.getLogger(__name__)
 
 IDENTITY = "identity"
 MULTITASK_BINARY = ("smile", "eyeglasses")
-BINARY_SEEDS = ("seed002_cnn", "seed004_cnn")
-AUTOENCODERS = ("seed002_autoencoder",)
-FIXED_INPUT = {"seed002_cnn": 64, "seed004_cnn": 160}  # dense layers sized for these inputs
 TASK_OPTIONS = ("eyeglasses_pos_weight", "smile_pos_weight", "loss_weights", "ae_quantile")
 NOT_EXPORTED = ("pretrained", "weights_path")
 
@@ -68,13 +65,6 @@ class AttrAugment:
     contrast: float = 0.2
     saturation: float = 0.2
     shift: float = 0.0
-
-
-def decode_crop(data: bytes, size: int) -> np.ndarray:
-    img = Image.open(io.BytesIO(data)).convert("RGB")
-    if img.size != (size, size):
-        img = img.resize((size, size), Image.BILINEAR)
-    return np.asarray(img, dtype=np.uint8)
 
 
 def parse_attributes(text) -> dict:
@@ -159,21 +149,20 @@ class AttributeTask:
     columns = [S.STATUS, S.SPLIT, S.CROP, S.ATTRIBUTES, S.IDENTITY]
 
     def __init__(self, cfg: TrainConfig) -> None:
-        from ..attributes.models import MODELS
         self.cfg = cfg
-        if cfg.model not in MODELS:
-            raise ValueError(f"unknown attribute model {cfg.model!r}; choose one of {', '.join(MODELS)}")
+        self.spec = get_spec(cfg.model, "attributes")
         if cfg.grey:
             raise ValueError("attribute models take RGB input; set grey=false")
         targets = list(dict.fromkeys(cfg.attributes or []))
-        if cfg.model == "multitask":
+        self.multitask = ATTRIBUTE_LOGITS in self.spec.outputs
+        if self.multitask:
             bad = [t for t in targets if t not in (*MULTITASK_BINARY, IDENTITY)]
             if not targets or bad:
                 raise ValueError(f"multitask learns any of smile, eyeglasses, identity; got attributes={targets}")
             self.binary = [t for t in MULTITASK_BINARY if t in targets]
-        elif cfg.model == "seed003_cnn":
+        elif CLASS_LOGITS in self.spec.outputs:
             if targets != [IDENTITY]:
-                raise ValueError(f"seed003_cnn learns identities: set attributes=[\"identity\"], got {targets}")
+                raise ValueError(f"{cfg.model} learns identities: set attributes=[\"identity\"], got {targets}")
             self.binary = []
         else:
             if len(targets) != 1 or targets[0] == IDENTITY:
@@ -181,8 +170,8 @@ class AttributeTask:
             self.binary = targets
         self.identity = IDENTITY in targets
         self.targets = self.binary + ([IDENTITY] if self.identity else [])
-        self.autoencoder = cfg.model in AUTOENCODERS
-        need = FIXED_INPUT.get(cfg.model)
+        self.autoencoder = RECONSTRUCTION in self.spec.outputs
+        need = self.spec.fixed_input
         if need and cfg.input_size != need:
             raise ValueError(f"{cfg.model} has dense layers sized for {need} px input; set input_size={need}")
         if self.autoencoder and cfg.input_size % 8:
@@ -228,13 +217,13 @@ class AttributeTask:
 
     @property
     def _class_key(self) -> str:
-        return "n_classes" if self.cfg.model == "seed003_cnn" else "n_identities"
+        return "n_classes" if CLASS_LOGITS in self.spec.outputs else "n_identities"
 
     def _resolve(self) -> None:
         mk = self.cfg.model_kwargs
         if self.identity and mk.get(self._class_key) is None:
             mk[self._class_key] = len(self.identities)
-        if self.cfg.model == "multitask" and "eyeglasses" in self.binary and mk.get("eyeglasses_pos_weight") is None:
+        if self.multitask and "eyeglasses" in self.binary and mk.get("eyeglasses_pos_weight") is None:
             c = self.labels_info["counts"].get("eyeglasses", {"pos": 0, "neg": 0})
             if c["pos"] == 0:
                 log.warning("no positive eyeglasses label in the training rows: eyeglasses pos_weight = 1")
@@ -246,11 +235,11 @@ class AttributeTask:
     def model_kwargs(self) -> dict:
         """Keyword arguments of ``create_model`` (task options removed, class counts resolved)."""
         kw = {k: v for k, v in self.cfg.model_kwargs.items() if k not in TASK_OPTIONS}
-        if self.cfg.model == "multitask":
+        if self.multitask:
             kw["input_size"] = self.cfg.input_size
             if not self.identity:
                 kw.pop("n_identities", None)
-        elif self.cfg.model != "seed003_cnn":
+        elif CLASS_LOGITS not in self.spec.outputs:
             kw.pop("n_identities", None)
         return kw
 
@@ -306,7 +295,7 @@ class AttributeTask:
     def inputs(self, batch: dict, train: bool, rng: np.random.Generator) -> tuple[torch.Tensor, dict]:
         """``(x (N, 3, S, S) float in [0, 1], targets dict)``; a lone training row is repeated
         (BatchNorm1d cannot train on one row, and skipping it would desync DDP workers)."""
-        x = torch.tensor(batch["image"]).permute(0, 3, 1, 2).float().div_(255.0)  # copies: Ray's arrays are read-only
+        x = to_tensor(batch["image"])
         if train and self.aug is not None and len(x):
             x = self._augment(x, rng)
         y = {a: torch.tensor(batch[f"y_{a}"], dtype=torch.float32) for a in self.binary}
@@ -321,15 +310,14 @@ class AttributeTask:
 
     # -- model ------------------------------------------------------------------------------------
     def build_model(self) -> torch.nn.Module:
-        from ..attributes.models import create_model
-        return create_model(self.cfg.model, **self.model_kwargs())
+        return create_model(self.cfg.model, task="attributes", **self.model_kwargs())
 
     def _option(self, name: str, default=None):
         v = self.cfg.model_kwargs.get(name)
         return default if v is None else v
 
     def loss(self, out, y: dict) -> torch.Tensor:
-        if self.cfg.model == "multitask":
+        if self.multitask:
             return self._multitask_loss(out, y)
         if self.autoencoder:
             a = self.binary[0]
@@ -340,7 +328,7 @@ class AttributeTask:
                 return rec.sum() * 0.0
             return per[pos].mean()
         out = out.float()
-        if self.cfg.model == "seed003_cnn":
+        if CLASS_LOGITS in self.spec.outputs:
             from ..attributes.losses import masked_cross_entropy
             return masked_cross_entropy(out, y[IDENTITY])
         t = y[self.binary[0]]
@@ -364,7 +352,7 @@ class AttributeTask:
         return total + sum(v.sum() * 0.0 for v in out.values())
 
     def predict(self, model: torch.nn.Module, x: torch.Tensor):
-        if self.cfg.model == "multitask":
+        if self.multitask:
             from ..attributes.models import multitask_outputs
             return multitask_outputs(model, x, self.cfg.flip_test)
         out = model(x)
@@ -440,18 +428,17 @@ class AttributeTask:
         """``(model kwargs for the file, meta entries)`` for :func:`facebatch.training.run.export_model`;
         fits the multitask model's decision thresholds on the validation rows (balanced accuracy)
         and the autoencoder's threshold on the training positives."""
-        from ..attributes.models import MODELS
         kwargs = {k: v for k, v in self.model_kwargs().items() if k not in NOT_EXPORTED}
         meta = {"attributes": list(self.binary), "identity": self.identity,
                 "identities": self.identities if self.identity else None, "input_size": self.cfg.input_size,
-                "outputs": MODELS[self.cfg.model].outputs,
+                "outputs": list(self.spec.outputs),
                 "task_options": {k: self.cfg.model_kwargs.get(k) for k in TASK_OPTIONS if k in self.cfg.model_kwargs}}
         cfg_of = getattr(model, "config", None)
         if isinstance(cfg_of, dict):
             meta["emb_dim"] = cfg_of.get("emb_dim")
             meta["backbone"] = cfg_of.get("backbone")
             meta["backbone_weights_sha256"] = cfg_of.get("backbone_weights_sha256")
-        if self.cfg.model == "multitask" and self.binary:
+        if self.multitask and self.binary:
             meta["thresholds"], meta["threshold_n"] = fit_thresholds(
                 model, self.cfg.data, list(self.cfg.val_splits), self.binary, self.cfg.input_size, self.cfg.limit,
                 flip=self.cfg.flip_test)
@@ -465,8 +452,8 @@ class AttributeTask:
 
 def labelled_crops(data, splits: list[str], size: int, limit: int | None = None, keep=None):
     """Yield ``(x, labels)`` batches of up to 128 usable rows of ``splits`` (status ok, with a crop):
-    ``x`` float RGB ``[0, 1]`` ``(B, 3, S, S)``, ``labels`` their attribute dicts. ``keep(labels)``
-    filters rows (e.g. only the positives of one attribute)."""
+    ``x`` float RGB ``[0, 1]`` ``(B, 3, S, S)`` (the one input contract), ``labels`` their attribute
+    dicts. ``keep(labels)`` filters rows (e.g. only the positives of one attribute)."""
     t = read_columns(data, [S.STATUS, S.SPLIT, S.ATTRIBUTES, S.CROP], limit)
     st, sp, at = (t.column(c).to_pylist() for c in (S.STATUS, S.SPLIT, S.ATTRIBUTES))
     crops = t.column(S.CROP)
@@ -475,8 +462,7 @@ def labelled_crops(data, splits: list[str], size: int, limit: int | None = None,
     rows = [(i, lab) for i, lab in rows if keep is None or keep(lab)]
     for j in range(0, len(rows), 128):
         part = rows[j:j + 128]
-        x = torch.from_numpy(np.stack([decode_crop(crops[i].as_py(), size) for i, _ in part]))
-        yield x.permute(0, 3, 1, 2).float() / 255.0, [lab for _, lab in part]
+        yield model_input([crops[i].as_py() for i, _ in part], InputSpec(size)), [lab for _, lab in part]
 
 
 def fit_thresholds(model, data, splits: list[str], attrs: list[str], size: int,

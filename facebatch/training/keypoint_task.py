@@ -4,39 +4,18 @@ Pure torch/numpy; the Ray Train loop in :mod:`.loop` calls these methods.
 """
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import torch
-from PIL import Image
 
 from .. import schema as S
+from ..inference.inputs import decode_crop, to_tensor
 from ..keypoints.augment import AugmentConfig, augment
 from ..keypoints.losses import LOSSES
-from ..keypoints.metrics import PCK_THRESHOLDS_PX
-from ..keypoints.models import create_model, predict_with_flip
-from ..keypoints.schemes import from_unit, get_scheme, ibug68_to_kaggle15, to_unit
+from ..keypoints.metrics import FACE_FRAME_PX, PCK_THRESHOLDS_PX
+from ..keypoints.models import predict_with_flip
+from ..keypoints.schemes import convert_scheme, from_unit, get_scheme, to_unit
+from ..models import create_model
 from .config import TrainConfig
-
-FACE_FRAME_PX = 96  # seed 001's metrics are in pixels of a 96x96 face frame
-
-
-def decode_crop(data: bytes, size: int, grey: bool) -> np.ndarray:
-    img = Image.open(io.BytesIO(data))
-    img = img.convert("L" if grey else "RGB")
-    if img.size != (size, size):
-        img = img.resize((size, size), Image.BILINEAR)
-    arr = np.asarray(img, dtype=np.uint8)
-    return arr[..., None] if grey else arr
-
-
-def convert_scheme(points: np.ndarray, source: str, target: str) -> np.ndarray:
-    """``(N, K, 2)`` points from ``source`` layout to ``target`` (ibug68 -> kaggle15 is the only conversion)."""
-    if source == target:
-        return points
-    if (source, target) == ("ibug68", "kaggle15"):
-        return ibug68_to_kaggle15(points)
-    raise ValueError(f"cannot convert {source} keypoints to {target}")
 
 
 class KeypointTask:
@@ -81,13 +60,12 @@ class KeypointTask:
                 out_i.append(r.image[..., None] if r.image.ndim == 2 else r.image)
                 out_p.append(to_unit(r.points, size))
             images, points = np.stack(out_i), np.stack(out_p)
-        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
-        return x, torch.from_numpy(points.reshape(len(points), -1).astype(np.float32))
+        return to_tensor(images), torch.from_numpy(points.reshape(len(points), -1).astype(np.float32))
 
     # -- model --------------------------------------------------------------------------------------
     def build_model(self) -> torch.nn.Module:
         kw = {"input_size": self.cfg.input_size, **self.cfg.model_kwargs}
-        return create_model(self.cfg.model, self.scheme.n_points, **kw)
+        return create_model(self.cfg.model, task="keypoints", n_points=self.scheme.n_points, **kw)
 
     def loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.loss_fn(out.float(), target)

@@ -1,0 +1,92 @@
+"""The import direction of the package, checked on the source (no imports executed).
+
+core (geometry, imaging, formats, detection, keypoints, attributes, models, ...) -> inference ->
+jobs and services (preprocess, annotate, serve, evaluation, training, commands) -> cli.
+A module may import its own layer and the layers below it, never one above; no two modules
+import each other. Function-level imports count too: they are only there to delay loading
+torch or Ray, not to hide an upward dependency.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PKG = Path(__file__).resolve().parent.parent / "facebatch"
+LAYERS = {
+    0: {"geometry", "imaging", "formats", "detection", "keypoints", "attributes", "models", "modelio", "schema",
+        "storage", "weights", "paths", "provenance", "raycluster", "release", "configs", "__init__"},
+    1: {"inference"},
+    2: {"preprocess", "annotate", "annotations", "serve", "evaluation", "training", "commands"},
+    3: {"cli", "__main__"},
+}
+LAYER_OF = {name: level for level, names in LAYERS.items() for name in names}
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(PKG.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """facebatch modules imported anywhere in the file (absolute names)."""
+    mod = _module_name(path)
+    package = mod if path.name == "__init__.py" else mod.rsplit(".", 1)[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.split(".")[0] == "facebatch"}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target.split(".")[0] != "facebatch":
+                continue
+            out.add(target)
+            out |= {f"{target}.{a.name}" for a in node.names}  # "from . import x" may name a module
+    known = {_module_name(p) for p in PKG.rglob("*.py")}
+    return {m for m in out if m in known and m != mod}
+
+
+def _top(mod: str) -> str:
+    parts = mod.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def _graph() -> dict[str, set[str]]:
+    return {_module_name(p): _imports(p) for p in PKG.rglob("*.py")}
+
+
+def test_every_top_level_module_has_a_layer():
+    tops = {_top(m) for m in _graph()}
+    assert tops <= set(LAYER_OF), f"modules without a layer in tests/test_layers.py: {sorted(tops - set(LAYER_OF))}"
+
+
+def test_no_module_imports_a_higher_layer():
+    bad = []
+    for mod, deps in _graph().items():
+        for d in deps:
+            if LAYER_OF.get(_top(d), 0) > LAYER_OF.get(_top(mod), 0):
+                bad.append(f"{mod} -> {d}")
+    assert not bad, "imports against the layer order:\n" + "\n".join(sorted(bad))
+
+
+def test_no_two_modules_import_each_other():
+    g = _graph()
+    pairs = sorted({tuple(sorted((a, b))) for a, deps in g.items() for b in deps if a in g.get(b, ())})
+    assert not pairs, f"modules that import each other: {pairs}"
+
+
+def test_the_checker_sees_relative_and_function_level_imports(tmp_path):
+    """The checker must be able to fail: a synthetic upward import is found."""
+    f = PKG / "geometry.py"
+    deps = _imports(f)
+    assert "facebatch.cli" not in deps
+    src = ast.parse("def f():\n    from .inference import FaceAnalyzer\n")
+    assert any(isinstance(n, ast.ImportFrom) and n.level == 1 for n in ast.walk(src))
+    assert "facebatch.inference.analyzer" in _imports(PKG / "inference" / "__init__.py")
