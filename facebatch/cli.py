@@ -24,6 +24,7 @@ SUBCOMMANDS = {
     "train": "facebatch.training.cli",
     "evaluate": "facebatch.evaluation.cli",
     "enroll": "facebatch.commands.enroll",
+    "annotate": "facebatch.annotate.cli",
     "serve": "facebatch.serve.cli",
 }
 

@@ -1,0 +1,116 @@
+"""Annotate every new or changed photo in a folder or bucket: faces, keypoints, attributes, identity.
+
+The FaceAnalyzer (detector + keypoints68 + attributes, optional enroll gallery) run at scale on
+Ray Data. Incremental by default: the listing is diffed against DST/_state/manifest.parquet and
+only new and changed objects are processed; deleted ones are recorded. Each run writes
+DST/dt=YYYY-MM-DD/run=RUN_ID/part-*.parquet (one row per face, per image without a face and
+per failed input), _summary.json and then _SUCCESS; the state is replaced after that. A killed
+run is finished by running the same command again. Read the live view with
+facebatch.annotations.read_latest(DST); columns are in docs/ANNOTATIONS.md.
+
+examples:
+  facebatch annotate --input s3://photos/incoming --output s3://photos-annotations
+  facebatch annotate --input ../shared/data/udacity68/training --output out/ann --report
+  facebatch annotate --input photos/ --output out/ann --dry-run
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..commands.detect import add_detector_arguments, detector_options
+from ..detection import DetectorConfig
+from .config import DECODE_MODES, AnnotateConfig
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = AnnotateConfig(input="", output="")
+    p.add_argument("--input", required=True,
+                   help="a folder, an s3://bucket/prefix, or a manifest (.parquet/.csv with a 'path' column)")
+    p.add_argument("--output", required=True, help="output folder or s3:// prefix (DST)")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    m = p.add_argument_group("models")
+    m.add_argument("--keypoints", default=d.keypoints, help="keypoint model: shipped name, model file, or none")
+    m.add_argument("--attributes", default=d.attributes, help="attribute/identity model: shipped name, file, or none")
+    m.add_argument("--gallery", default=None, help="an `enroll` gallery: fills identity and identity_similarity")
+    m.add_argument("--embeddings", action="store_true",
+                   help="store each face's 128-d identity embedding (biometric data; off by default)")
+    m.add_argument("--crops", action="store_true", help="store each face's 256 px JPEG crop (off by default)")
+    f = m.add_mutually_exclusive_group()
+    f.add_argument("--all-faces", dest="all_faces", action="store_true", default=True,
+                   help="one row per face, largest first (default)")
+    f.add_argument("--largest-face", dest="all_faces", action="store_false", help="only the largest face per photo")
+    add_detector_arguments(p)
+    r = p.add_argument_group("run")
+    r.add_argument("--full", action="store_true", help="ignore earlier runs and redo every listed object")
+    r.add_argument("--dry-run", action="store_true", help="list what would be processed and deleted, then exit")
+    r.add_argument("--report", action="store_true", help="write report.html into the run folder")
+    r.add_argument("--workers", type=int, default=None, help="analyzer actors (default: from the cluster's CPUs/GPUs)")
+    r.add_argument("--cpus-per-worker", type=float, default=None, help="CPUs per analyzer actor (default: from the cluster)")
+    r.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per analyzer actor (0 = CPU)")
+    r.add_argument("--max-failure-rate", type=float, default=d.max_failure_rate,
+                   help="exit with status 3 when more than this share of processed inputs failed")
+    r.add_argument("--shard-size", type=int, default=d.shard_size, help="inputs per part file")
+    r.add_argument("--max-pixels", type=int, default=d.max_pixels, help="larger images get status too_large")
+    r.add_argument("--decode", choices=DECODE_MODES, default=d.decode,
+                   help="draft: decode JPEGs at the smallest scale detection needs; full: always full size")
+    r.add_argument("--lock-ttl", type=float, default=d.lock_ttl_s, help="seconds the output lock lives unless renewed")
+    r.add_argument("--retry-seconds", type=float, default=d.retry_s,
+                   help="how long transient storage errors are retried per read or write")
+    r.add_argument("--s3-endpoint-url", default=None, help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL)")
+
+
+def config_from_args(args: argparse.Namespace) -> AnnotateConfig:
+    return AnnotateConfig(
+        input=args.input, output=args.output, keypoints=args.keypoints, attributes=args.attributes,
+        gallery=args.gallery, embeddings=args.embeddings, crops=args.crops, all_faces=args.all_faces,
+        detector=DetectorConfig(backend=args.backend, **detector_options(args)), decode=args.decode,
+        workers=args.workers, cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
+        shard_size=args.shard_size, max_pixels=args.max_pixels, max_failure_rate=args.max_failure_rate,
+        full=args.full, dry_run=args.dry_run, report=args.report, s3_endpoint_url=args.s3_endpoint_url,
+        lock_ttl_s=args.lock_ttl, retry_s=args.retry_seconds)
+
+
+def print_summary(s: dict, stream=sys.stdout) -> None:
+    print("\n== facebatch annotate summary ==", file=stream)
+    print(f"run {s['run_id']}  listed {s['listed']}: new {s['new']}, changed {s['changed']}, retried {s['retried']}, "
+          f"unchanged {s['unchanged']}, deleted {s['deleted']}", file=stream)
+    print(f"processed {s['processed']}  rows {s['rows']}  faces {s['faces']}  failed {s['failed']}", file=stream)
+    if s["status_counts"]:
+        print("by status: " + ", ".join(f"{k} {v}" for k, v in s["status_counts"].items()), file=stream)
+    print(f"wall {s['wall_s']} s  images/s {s['images_per_s']}  steady {s['steady_images_per_s']}", file=stream)
+    print(f"start-up: {json.dumps(s['startup_s'])}", file=stream)
+    print(f"run folder: {s['run_folder']}", file=stream)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .lock import LockHeld
+    from .pipeline import run_annotate
+    cfg = config_from_args(args)
+    try:
+        summary = run_annotate(cfg, address=args.address)
+    except LockHeld as exc:
+        print(f"facebatch annotate: error: {exc}", file=sys.stderr)
+        return 4
+    if summary.get("dry_run"):
+        print(f"dry run: listed {summary['listed']}; would process {len(summary['would_process'])} "
+              f"(new {summary['new']}, changed {summary['changed']}, retried {summary['retried']}), "
+              f"unchanged {summary['unchanged']}, deleted {summary['deleted']}")
+        for p in summary["would_process"]:
+            print(f"process {p}")
+        for p in summary["would_delete"]:
+            print(f"deleted {p}")
+        return 0
+    print_summary(summary)
+    if summary["failure_rate"] > cfg.max_failure_rate:
+        print(f"facebatch annotate: {summary['failed']} of {summary['processed']} inputs failed "
+              f"({summary['failure_rate']:.1%}), above --max-failure-rate {cfg.max_failure_rate:.1%}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def annotate(argv: list[str]) -> int:
+    """Python entry: ``annotate(["--input", ..., "--output", ...])``; same as the command."""
+    from ..cli import main
+    return main(["annotate", *argv])

@@ -1,0 +1,115 @@
+"""The annotate job's options, validated before any work starts."""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+
+from ..detection import BACKENDS, DetectorConfig
+from ..imaging import DEFAULT_MAX_PIXELS
+
+DECODE_MODES = ("draft", "full")
+
+
+@dataclass
+class AnnotateConfig:
+    """Everything that decides an annotate run (recorded in every part's metadata).
+
+    Args:
+        input: folder, ``s3://bucket/prefix`` or a manifest (``.csv``/``.parquet`` with a ``path`` column).
+        output: folder or ``s3://`` prefix (DST).
+        keypoints, attributes: shipped name, model file, or ``none``.
+        gallery: an ``enroll`` gallery for identities (``None``: identity columns null).
+        embeddings: store the 128-d embedding (biometric data: off by default).
+        crops: store the 256 px JPEG crop of each face.
+        all_faces: one row per face (default); ``False``: only the largest face.
+        detector: detector options (as ``preprocess``).
+        decode: ``draft`` (JPEG decoded at the smallest scale the detector needs) or ``full``.
+        workers, cpus_per_worker, gpus_per_worker: the analyzer actor pool.
+        shard_size: inputs per part file.
+        max_pixels: larger images get ``too_large`` without decoding.
+        max_failure_rate: exit status 3 above this share of failed inputs.
+        full: ignore earlier runs and redo every listed object.
+        dry_run: list and diff, print what would be processed, write nothing.
+        report: write ``report.html`` into the run folder.
+        s3_endpoint_url: S3-compatible endpoint (default ``$AWS_ENDPOINT_URL``).
+        lock_ttl_s: the output lock's time-to-live (renewed every third of it while running).
+        retry_s: how long transient storage errors are retried per read or write.
+    """
+
+    input: str
+    output: str
+    keypoints: str | None = "keypoints68"
+    attributes: str | None = "attributes"
+    gallery: str | None = None
+    embeddings: bool = False
+    crops: bool = False
+    all_faces: bool = True
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    decode: str = "draft"
+    workers: int | None = None
+    cpus_per_worker: float | None = None
+    gpus_per_worker: float = 0.0
+    shard_size: int = 32
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_failure_rate: float = 0.05
+    full: bool = False
+    dry_run: bool = False
+    report: bool = False
+    s3_endpoint_url: str | None = None
+    lock_ttl_s: float = 900.0
+    retry_s: float = 120.0
+
+    def validate(self) -> "AnnotateConfig":
+        if self.detector.backend not in BACKENDS:
+            raise ValueError(f"unknown --backend {self.detector.backend!r}; choose one of: {', '.join(BACKENDS)}")
+        self.detector.validate()
+        if self.decode not in DECODE_MODES:
+            raise ValueError(f"--decode must be one of {DECODE_MODES}, got {self.decode!r}")
+        if self.shard_size < 1:
+            raise ValueError(f"--shard-size must be at least 1, got {self.shard_size}")
+        if self.max_pixels < 1:
+            raise ValueError(f"--max-pixels must be positive, got {self.max_pixels}")
+        if not 0.0 <= self.max_failure_rate <= 1.0:
+            raise ValueError(f"--max-failure-rate must be in [0, 1], got {self.max_failure_rate}")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"--workers must be at least 1, got {self.workers}")
+        if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
+            raise ValueError(f"--cpus-per-worker must be positive, got {self.cpus_per_worker}")
+        if self.gpus_per_worker < 0:
+            raise ValueError(f"--gpus-per-worker must be >= 0, got {self.gpus_per_worker}")
+        if self.lock_ttl_s < 10:
+            raise ValueError(f"--lock-ttl must be at least 10 s, got {self.lock_ttl_s}")
+        if self.gallery and not self.attributes:
+            raise ValueError("--gallery needs an attributes model with an identity embedding (--attributes)")
+        dev = str(self.detector.device)
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", dev):
+            raise ValueError(f"unknown --device {dev!r}; use cpu, cuda or cuda:N")
+        if self.gpus_per_worker > 0 and dev == "cpu":
+            self.detector.device = "cuda"
+        if self.detector.device.startswith("cuda") and self.gpus_per_worker == 0:
+            self.gpus_per_worker = 1.0
+        for k in ("keypoints", "attributes"):
+            v = getattr(self, k)
+            if v is not None and str(v).lower() in ("", "none"):
+                setattr(self, k, None)
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def plan_workers(cfg: AnnotateConfig, cluster_cpus: float, cluster_gpus: float) -> tuple[int, float, int]:
+    """``(actors, cpus per actor, torch threads)``; a tenth of the CPUs (at least half a core) is
+    left to the read tasks, which starve otherwise on small machines."""
+    if cfg.gpus_per_worker > 0:
+        if cluster_gpus < cfg.gpus_per_worker:
+            raise ValueError(f"--gpus-per-worker {cfg.gpus_per_worker:g} but the cluster has {cluster_gpus:g} GPUs")
+        n = cfg.workers or max(1, int(cluster_gpus // cfg.gpus_per_worker))
+        return n, cfg.cpus_per_worker or 1.0, max(1, int(cfg.cpus_per_worker or 1))
+    n = cfg.workers or max(1, int(round(cluster_cpus)))
+    if cfg.cpus_per_worker and n * cfg.cpus_per_worker > cluster_cpus + 1e-9:
+        raise ValueError(f"--workers {n} x --cpus-per-worker {cfg.cpus_per_worker:g} needs more than the "
+                         f"cluster's {cluster_cpus:g} CPUs")
+    reserve = max(0.5, 0.1 * cluster_cpus)
+    cpw = cfg.cpus_per_worker or max(0.1, int((cluster_cpus - reserve) / n * 100) / 100)
+    return n, cpw, max(1, int(cfg.cpus_per_worker or 1))

@@ -1,0 +1,417 @@
+"""The annotate job on Ray Data: list -> diff -> shards -> read tasks -> analyzer actors -> parts.
+
+Stage 1 (Ray tasks, fractional CPU): read each shard's objects with retries on transient
+storage errors. Stage 2 (an actor pool, ``map_batches`` with :class:`AnnotateWorker`): each actor
+holds one :class:`~facebatch.inference.FaceAnalyzer`; per shard it decodes every object with
+per-row error capture (JPEGs at reduced scale, :mod:`.decode`), runs the analyzer, and writes
+``part-NNNNN.parquet`` into the run folder. Every input gives at least one row; rows in equal
+rows out is checked per shard and, at the end, as sets against the list of objects to do.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import pickle
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from .. import schema as S
+from ..preprocess.shards import RetriesExhausted, RetryPolicy, call_with_retries, check_output_paths, plan_shards
+from ..storage import check_writable, filesystem, join, storage_options
+from . import state as ST
+from .config import AnnotateConfig, plan_workers
+from .decode import crop_scale, decode_scaled
+from .lock import RunLock
+
+log = logging.getLogger(__name__)
+
+
+class JobFailed(RuntimeError):
+    """The run stopped part-way; nothing was committed. Rerunning the same command finishes it."""
+
+
+def part_name(shard_id: int) -> str:
+    return f"part-{shard_id:05d}.parquet"
+
+
+# ---- stage 1: read (Ray tasks) -------------------------------------------------------------------
+
+def _read(path: str, options: dict) -> bytes:
+    fs, p = filesystem(path, options)
+    with fs.open(p, "rb") as f:
+        return f.read()
+
+
+def read_object(src: dict, options: dict, policy: RetryPolicy) -> tuple[dict, bytes | None]:
+    """``(base columns, bytes or None)`` for one listed object; never raises. An object that is
+    gone or changed size since the listing gets ``read_error`` (the next run picks it up again)."""
+    base = {S.PATH: src["path"], "etag": src["etag"], "size": src["size"], "mtime": src["mtime"]}
+    try:
+        data = call_with_retries(lambda: _read(src["path"], options), policy, f"read {src['path']}",
+                                 on_retry=lambda w, e, a, d: print(f"[facebatch] retrying {w} in {d:.1f} s "
+                                                                   f"after {type(e).__name__}", flush=True))
+    except Exception as exc:
+        shown = exc.__cause__ if isinstance(exc, RetriesExhausted) and exc.__cause__ else exc
+        base.update({S.STATUS: S.READ_ERROR, S.ERROR: f"{type(shown).__name__}: {exc}"[:500]})
+        return base, None
+    if src["size"] is not None and len(data) != src["size"]:
+        base.update({S.STATUS: S.READ_ERROR,
+                     S.ERROR: f"object changed since it was listed ({len(data)} bytes read, {src['size']} listed)"})
+        return base, None
+    return base, data
+
+
+def _read_shard(row: dict, options: dict, retry_s: float) -> dict:
+    t0 = time.perf_counter()
+    objs = pickle.loads(row["objects"])
+    policy = RetryPolicy(budget_s=retry_s)
+    out = [read_object(o, options, policy) for o in objs]
+    return {"shard_id": row["shard_id"], "payload": pickle.dumps(out, protocol=5), "read_s": time.perf_counter() - t0}
+
+
+# ---- stage 2: analyze and write (Ray actors) -----------------------------------------------------
+
+def _scaled_face(face, k: float):
+    from ..detection import Face
+    if k == 1:
+        return face
+    return Face(box=np.asarray(face.box, np.float64) * k, score=face.score,
+                landmarks=np.asarray(face.landmarks, np.float64) * k)
+
+
+def _scale_list(v, k: float):
+    return None if v is None else [float(x) * k for x in v]
+
+
+class AnnotateWorker:
+    """One FaceAnalyzer per actor; ``__call__`` takes a batch of read shards, writes their parts
+    and returns per-shard stats (JSON)."""
+
+    def __init__(self, cfg: dict, threads: int, run_id: str, folder: str, options: dict, provenance: dict) -> None:
+        import torch
+        from ..detection import DetectorConfig
+        from ..inference import FaceAnalyzer
+        t0 = time.perf_counter()
+        torch.set_num_threads(threads)
+        self.cfg = AnnotateConfig(**{**cfg, "detector": DetectorConfig(**cfg["detector"])})
+        det = self.cfg.detector.to_dict()
+        backend = det.pop("backend")
+        self.fa = FaceAnalyzer.load(detector=backend, keypoints=self.cfg.keypoints, attributes=self.cfg.attributes,
+                                    gallery=self.cfg.gallery, device=det.pop("device"), **det)
+        self.attrs = self.fa.attribute_names
+        self.run_id, self.folder, self.options = run_id, folder, options
+        self.retry = RetryPolicy(budget_s=self.cfg.retry_s)
+        self.describe = self.fa.describe()
+        from .rows import META_CONFIG, META_GIT, META_MODELS, META_SCHEMA, META_VERSION, SCHEMA_VERSION
+        self.metadata = {META_SCHEMA: json.dumps(SCHEMA_VERSION), META_MODELS: json.dumps(self.describe, default=str),
+                         META_CONFIG: json.dumps(cfg, default=str), META_VERSION: json.dumps(provenance.get("version")),
+                         META_GIT: json.dumps(provenance.get("git_commit"))}
+        self.init_s = time.perf_counter() - t0
+
+    def __call__(self, batch: dict) -> dict:
+        stats = [self.process(int(sid), payload, float(rs))
+                 for sid, payload, rs in zip(batch["shard_id"], batch["payload"], batch["read_s"])]
+        return {"stats": [json.dumps(s, default=str) for s in stats]}
+
+    # -- per shard
+    def process(self, shard_id: int, payload: bytes, read_s: float = 0.0) -> dict:
+        from ..imaging import sha256_bytes
+        cfg, fa = self.cfg, self.fa
+        items = pickle.loads(payload)
+        t0 = time.perf_counter()
+        max_side = cfg.detector.max_side if cfg.decode == "draft" else None
+        bases, decoded, datas = [], [], []
+        for base, data in items:
+            if data is not None:
+                res = decode_scaled(data, max_side=max_side, max_pixels=cfg.max_pixels)
+                base.update({S.SHA256: sha256_bytes(data), S.WIDTH: res.width, S.HEIGHT: res.height,
+                             S.STATUS: res.status, S.ERROR: res.error})
+            else:
+                res = None
+            bases.append(base)
+            decoded.append(res if res is not None and res.image is not None else None)
+            datas.append(data)
+        t1 = time.perf_counter()
+        ok = [i for i, r in enumerate(decoded) if r is not None]
+        found = self._detect([decoded[i].image for i in ok], [bases[i] for i in ok])
+        t2 = time.perf_counter()
+        # per image: the scale to cut crops at, and faces in that image's pixels
+        images, faces, scales, n_faces = {}, {}, {}, {}
+        redecoded = 0
+        for i, fs in zip(ok, found):
+            r = decoded[i]
+            if fs is None:
+                continue
+            orig = [_scaled_face(f, r.scale) for f in fs]
+            n_faces[i] = len(orig)
+            keep = orig if cfg.all_faces else orig[:1]
+            s = min([crop_scale(f.box, r.width, r.height, r.scale, fmt=r.fmt) for f in keep], default=r.scale)
+            img = r.image
+            if s != r.scale:
+                again = decode_scaled(datas[i], max_pixels=cfg.max_pixels, scale=s)
+                if again.image is not None:
+                    img, s = again.image, again.scale
+                    redecoded += 1
+                else:
+                    s = r.scale
+            images[i], scales[i] = img, s
+            faces[i] = [_scaled_face(f, 1.0 / s) for f in keep]
+        t3 = time.perf_counter()
+        results = self._analyze(images, faces, bases)
+        t4 = time.perf_counter()
+        now = _dt.datetime.now(_dt.timezone.utc)
+        rows = []
+        for i, base in enumerate(bases):
+            base.update({"run_id": self.run_id, "annotated_at": now})
+            res = results.get(i)
+            if base.get(S.STATUS) != S.OK or res is None:
+                rows.append({**base, S.N_FACES: None if base.get(S.STATUS) != S.OK else 0, S.FACE_INDEX: -1})
+                continue
+            if not res:
+                rows.append({**base, S.STATUS: S.NO_FACE, S.N_FACES: 0, S.FACE_INDEX: -1})
+                continue
+            k = scales[i]
+            for j, fr in enumerate(res):
+                d = fr.to_dict(embedding=cfg.embeddings)
+                for c in (S.BOX, S.LANDMARKS, S.CROP_BOX, "keypoints68", "keypoints15"):
+                    d[c] = _scale_list(d.get(c), k)
+                d["face_size"] = float(d["face_size"]) * k
+                if cfg.crops:
+                    from ..inference import face_crop
+                    d[S.CROP] = face_crop(images[i], faces[i][j].box)[1]
+                rows.append({**base, **d, S.N_FACES: n_faces[i], S.FACE_INDEX: j})
+        t5 = time.perf_counter()
+        expected = sum(max(1, len(results.get(i) or [])) for i in range(len(bases)))
+        if len(rows) != expected or {r[S.PATH] for r in rows} != {b[S.PATH] for b in bases} or len(bases) != len(items):
+            raise RuntimeError(f"shard {shard_id}: {len(items)} inputs gave {len(rows)} rows, expected {expected}")
+        from .rows import to_table
+        table = to_table(rows, self.attrs, self.metadata)
+        try:
+            call_with_retries(lambda: self._write(shard_id, table), self.retry, f"write {part_name(shard_id)}")
+        except Exception as exc:
+            raise RuntimeError(f"FACEBATCH_WRITE_FAILED shard {shard_id} to {self.folder}: "
+                               f"{type(exc).__name__}: {exc}"[:800]) from None
+        t6 = time.perf_counter()
+        first = [r for r in rows if (r[S.FACE_INDEX] or 0) <= 0]
+        return {"shard_id": shard_id, "n_inputs": len(items), "n_rows": len(rows),
+                "status_counts": dict(Counter(r[S.STATUS] for r in first)),
+                "row_status_counts": dict(Counter(r[S.STATUS] for r in rows)),
+                "redecoded": redecoded, "read_s": read_s, "decode_s": t1 - t0 + (t3 - t2), "detect_s": t2 - t1,
+                "analyze_s": t4 - t3, "rows_s": t5 - t4, "write_s": t6 - t5, "actor_init_s": self.init_s,
+                "models": self.describe, "attributes": self.attrs}
+
+    def _detect(self, images: list, bases: list) -> list:
+        """Faces per image (in the decoded image's pixels); an image whose detection raises gets
+        ``detect_error`` and ``None`` instead of sinking the shard."""
+        if not images:
+            return []
+        try:
+            return self.fa.detect(images)
+        except Exception:
+            out = []
+            for img, base in zip(images, bases):
+                try:
+                    out.append(self.fa.detect([img])[0])
+                except Exception as exc:
+                    base.update({S.STATUS: S.DETECT_ERROR, S.ERROR: f"{type(exc).__name__}: {exc}"[:500]})
+                    out.append(None)
+            return out
+
+    def _analyze(self, images: dict, faces: dict, bases: list) -> dict:
+        idx = list(images)
+        if not idx:
+            return {}
+        kw = dict(embedding=self.cfg.embeddings, identity=self.fa.gallery is not None)
+        try:
+            res = self.fa.analyze([images[i] for i in idx], faces=[faces[i] for i in idx], **kw)
+            return dict(zip(idx, res))
+        except Exception:
+            out = {}
+            for i in idx:
+                try:
+                    out[i] = self.fa.analyze([images[i]], faces=[faces[i]], **kw)[0]
+                except Exception as exc:
+                    bases[i].update({S.STATUS: S.DETECT_ERROR, S.ERROR: f"analysis failed: {type(exc).__name__}: {exc}"[:500]})
+            return out
+
+    def _write(self, shard_id: int, table) -> None:
+        import pyarrow.parquet as pq
+        fs, _ = filesystem(self.folder, self.options)
+        final = join(self.folder, part_name(shard_id))
+        remote = "://" in self.folder
+        tmp = final if remote else final + ".tmp"
+        with fs.open(tmp, "wb") as f:
+            pq.write_table(table, f)
+        if tmp != final:
+            fs.mv(tmp, final)
+
+
+# ---- driver ----------------------------------------------------------------------------------------
+
+def _print(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_annotate(cfg: AnnotateConfig, address: str | None = None) -> dict:
+    """Run one annotate pass; returns the summary (also ``RUN/_summary.json``).
+
+    Raises ``ValueError``/``FileNotFoundError``/``PermissionError`` before any work for bad options
+    or inputs; :class:`~facebatch.annotate.lock.LockHeld` when another run holds the output;
+    :class:`JobFailed` when the run stopped part-way (nothing committed: rerun the same command).
+    """
+    from ..provenance import provenance
+    from .. import __version__
+    t_start = time.perf_counter()
+    cfg.validate()
+    timing: dict[str, float] = {}
+    options = storage_options(cfg.s3_endpoint_url)
+    listing, skipped = ST.list_source(cfg.input, options)
+    timing["list_s"] = time.perf_counter() - t_start
+    if listing.num_rows == 0:
+        raise ValueError(f"no images found in --input {cfg.input}")
+    if cfg.dry_run:
+        manifest, _ = ST.load_manifest(cfg.output, options) if _exists(cfg.output, options) else (None, None)
+        d = ST.diff(listing, manifest, cfg.full)
+        return {"dry_run": True, "listed": listing.num_rows, **d.counts(), "processed": 0,
+                "would_process": d.todo["path"].to_pylist(), "would_delete": d.deleted["path"].to_pylist(),
+                "skipped": skipped}
+    check_writable(cfg.output, options)
+    run_id = ST.new_run_id()
+    fs, root = filesystem(cfg.output, options)
+    with RunLock(cfg.output, options, run_id, cfg.lock_ttl_s):
+        recovered = ST.recover(cfg.output, options, log=_print)
+        manifest, _ = ST.load_manifest(cfg.output, options)
+        d = ST.diff(listing, manifest, cfg.full)
+        timing["diff_s"] = time.perf_counter() - t_start - timing["list_s"]
+        todo = d.todo
+        folder = ST.run_dir(root, run_id)
+        uri_folder = ST.run_dir(cfg.output.rstrip("/"), run_id) if "://" in cfg.output else folder
+        fs.makedirs(folder, exist_ok=True)
+        _print(f"[facebatch] annotate run {run_id}: listed {listing.num_rows}, " +
+               ", ".join(f"{k} {v}" for k, v in d.counts().items()) + f"; processing {todo.num_rows}")
+        results: dict[int, dict] = {}
+        finished: list[tuple[float, int]] = []
+        info: dict = {}
+        t_ray = time.perf_counter()
+        if todo.num_rows:
+            objs = todo.to_pylist()
+            shards = plan_shards(objs, cfg.shard_size)
+            from ..raycluster import init_ray
+            info = init_ray(address)
+            timing["ray_init_s"] = time.perf_counter() - t_ray
+            n, cpw, threads = plan_workers(cfg, info["resources"].get("CPU", 1), info["resources"].get("GPU", 0))
+            prov = {**provenance(), "version": __version__}
+            try:
+                _run_pipeline(cfg, shards, min(n, len(shards)), cpw, threads, run_id, uri_folder, options, prov,
+                              results, finished, timing, t_ray)
+            except Exception as exc:
+                raise JobFailed(f"annotate run {run_id} failed: {_short(exc)}; {len(results)} of {len(shards)} "
+                                f"shards were written, nothing was committed: rerun the same command") from exc
+            _check(cfg, fs, folder, objs, results, len(shards))
+        processing = time.perf_counter() - t_ray
+        ST.write_run_deleted(fs, folder, d.deleted, run_id)
+        summary = _summary(cfg, run_id, uri_folder, listing, d, results, finished, skipped, recovered, timing,
+                           processing, time.perf_counter() - t_start, info)
+        with fs.open(join(folder, ST.SUMMARY), "w") as f:
+            json.dump(summary, f, indent=2, default=str)
+        if cfg.report:
+            from .report import write_report
+            write_report(cfg.output, folder, summary, options)
+        with fs.open(join(folder, ST.SUCCESS), "w") as f:
+            f.write(run_id)
+        ST.apply_run(cfg.output, options, run_id, folder)
+    return summary
+
+
+def _exists(dst: str, options: dict) -> bool:
+    fs, root = filesystem(dst, options)
+    return fs.exists(root)
+
+
+def _run_pipeline(cfg, shards, n, cpw, threads, run_id, folder, options, prov, results, finished, timing, t_ray):
+    import ray
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    items = [{"shard_id": i, "objects": pickle.dumps(s, protocol=5)} for i, s in enumerate(shards)]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = ds.map(_read_shard, fn_kwargs={"options": options, "retry_s": cfg.retry_s}, num_cpus=0.25)
+    ds = ds.map_batches(AnnotateWorker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=n), num_cpus=cpw,
+                        num_gpus=cfg.gpus_per_worker or None, max_restarts=0,
+                        fn_constructor_kwargs={"cfg": cfg.to_dict(), "threads": threads, "run_id": run_id,
+                                               "folder": folder, "options": options, "provenance": prov})
+    total = sum(len(s) for s in shards)
+    done = 0
+    for row in ds.iter_rows():
+        st = json.loads(row["stats"])
+        results[st["shard_id"]] = st
+        now = time.perf_counter()
+        if not finished:
+            timing["first_shard_s"] = now - t_ray
+        finished.append((now, st["n_inputs"]))
+        done += st["n_inputs"]
+        _print(f"[facebatch] {done}/{total} images annotated")
+
+
+def _check(cfg, fs, folder, objs, results, n_shards) -> None:
+    """Rows in equal rows out: every shard reported, the part files hold exactly the rows reported,
+    and the set of paths equals the objects to do (none missing, none repeated)."""
+    import pyarrow.parquet as pq
+    missing = [i for i in range(n_shards) if i not in results]
+    if missing:
+        raise JobFailed(f"shards {missing[:10]} produced no result; nothing committed: rerun the same command")
+    found = []
+    parts = ST.run_parts(fs, folder)
+    for p in parts:
+        with fs.open(p, "rb") as f:
+            t = pq.read_table(f, columns=[S.PATH, S.FACE_INDEX])
+        found.extend(zip(t.column(S.PATH).to_pylist(), (max(0, fi) for fi in t.column(S.FACE_INDEX).to_pylist())))
+    check_output_paths([o["path"] for o in objs], found, all_faces=True)
+    n_rows = sum(r["n_rows"] for r in results.values())
+    n_in = sum(r["n_inputs"] for r in results.values())
+    if len(parts) != n_shards or len(found) != n_rows or n_in != len(objs):
+        raise RuntimeError(f"row check failed: {len(objs)} inputs, {n_in} processed, {n_rows} rows reported, "
+                           f"{len(found)} rows in {len(parts)} files for {n_shards} shards")
+
+
+def _steady(finished) -> float | None:
+    if len(finished) < 3 or finished[-1][0] <= finished[0][0]:
+        return None
+    return round(sum(n for _, n in finished[1:]) / (finished[-1][0] - finished[0][0]), 2)
+
+
+def _summary(cfg, run_id, folder, listing, d, results, finished, skipped, recovered, timing, processing, wall, info):
+    statuses, rows_by = Counter(), Counter()
+    for st in results.values():
+        statuses.update(st["status_counts"])
+        rows_by.update(st["row_status_counts"])
+    processed = sum(st["n_inputs"] for st in results.values())
+    failed = sum(v for k, v in statuses.items() if k in S.FAILED_STATUSES)
+    stage = {k: round(sum(st[k] for st in results.values()), 2)
+             for k in ("read_s", "decode_s", "detect_s", "analyze_s", "rows_s", "write_s")}
+    first = next(iter(results.values()), {})
+    return {
+        "run_id": run_id, "run_folder": folder, "input": cfg.input, "output": cfg.output,
+        "listed": listing.num_rows, **d.counts(), "processed": processed,
+        "rows": sum(st["n_rows"] for st in results.values()), "failed": failed,
+        "failure_rate": round(failed / processed, 4) if processed else 0.0,
+        "status_counts": dict(sorted(statuses.items())), "row_status_counts": dict(sorted(rows_by.items())),
+        "faces": rows_by.get(S.OK, 0), "redecoded_for_crops": sum(st.get("redecoded", 0) for st in results.values()),
+        "wall_s": round(wall, 2), "processing_s": round(processing, 2),
+        "images_per_s": round(processed / processing, 2) if processed and processing > 0 else None,
+        "steady_images_per_s": _steady(finished),
+        "startup_s": {k: round(v, 2) for k, v in timing.items()},
+        "actor_init_s": round(max((st.get("actor_init_s", 0) for st in results.values()), default=0), 2),
+        "stage_s": stage, "skipped": skipped, "recovered": recovered,
+        "models": first.get("models"), "attributes": first.get("attributes"),
+        "config": cfg.to_dict(), "ray": info,
+    }
+
+
+def _short(exc: BaseException) -> str:
+    text = [t for t in str(exc).strip().splitlines() if t.strip()]
+    return f"{type(exc).__name__}: {text[-1] if text else ''}"[:300]

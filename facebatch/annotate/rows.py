@@ -1,0 +1,66 @@
+"""The annotate output schema: one row per face, per image without a face, per failed input.
+
+Column names are fixed (other tools read them); see docs/ANNOTATIONS.md. Coordinates are
+pixels of the original image after EXIF orientation.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Sequence
+
+import pyarrow as pa
+
+from .. import schema as S
+
+SCHEMA_VERSION = "annotate-1"
+f32 = pa.float32()
+TS = pa.timestamp("ms", tz="UTC")
+
+META_MODELS = b"facebatch.models"
+META_CONFIG = b"facebatch.config"
+META_VERSION = b"facebatch.version"
+META_GIT = b"facebatch.git"
+META_SCHEMA = b"facebatch.schema_version"
+
+#: the columns a listing gives per source object
+SOURCE_FIELDS = [pa.field("etag", pa.string()), pa.field("size", pa.int64()), pa.field("mtime", pa.float64())]
+
+
+def schema(attributes: Sequence[str]) -> pa.Schema:
+    """The row schema for a model with these attribute names (one score and one label column each)."""
+    fields = [
+        pa.field(S.PATH, pa.string(), nullable=False), pa.field(S.SHA256, pa.string()),
+        pa.field(S.WIDTH, pa.int32()), pa.field(S.HEIGHT, pa.int32()),
+        pa.field(S.STATUS, pa.string(), nullable=False), pa.field(S.ERROR, pa.string()),
+        *SOURCE_FIELDS,
+        pa.field(S.N_FACES, pa.int32()), pa.field(S.FACE_INDEX, pa.int32()),
+        pa.field(S.BOX, pa.list_(f32, 4)), pa.field(S.SCORE, f32), pa.field(S.LANDMARKS, pa.list_(f32, 10)),
+        pa.field("face_size", f32), pa.field(S.CROP_BOX, pa.list_(f32, 4)),
+        pa.field("keypoints68", pa.list_(f32)), pa.field("keypoints15", pa.list_(f32)),
+    ]
+    for a in attributes:
+        fields += [pa.field(a, f32), pa.field(f"{a}_label", pa.bool_())]
+    fields += [pa.field("identity", pa.string()), pa.field("identity_similarity", f32),
+               pa.field("embedding", pa.list_(f32)), pa.field(S.CROP, pa.binary()),
+               pa.field("run_id", pa.string(), nullable=False), pa.field("annotated_at", TS)]
+    return pa.schema(fields)
+
+
+def to_table(rows: list[dict[str, Any]], attributes: Sequence[str], metadata: dict[bytes, str] | None = None) -> pa.Table:
+    sch = schema(attributes)
+    t = pa.Table.from_pydict({f.name: [r.get(f.name) for r in rows] for f in sch}, schema=sch)
+    if metadata:
+        t = t.replace_schema_metadata(metadata)
+    return t
+
+
+def read_metadata(sch: pa.Schema) -> dict[str, Any]:
+    """facebatch's file metadata of an annotate part, decoded."""
+    out = {}
+    for k, v in (sch.metadata or {}).items():
+        if k.startswith(b"facebatch."):
+            try:
+                out[k.decode()[len("facebatch."):]] = json.loads(v)
+            except json.JSONDecodeError:
+                out[k.decode()[len("facebatch."):]] = v.decode()
+    return out

@@ -1,0 +1,346 @@
+"""Incremental state of an annotate output ``DST`` and the live view.
+
+Layout::
+
+    DST/_state/manifest.parquet     per source object: path, etag, size, mtime, sha256, run_id, status
+    DST/_state/deleted.parquet      objects seen deleted: the same plus deleted_run_id, deleted_at
+    DST/_state/lock.json            the running run (see :mod:`.lock`)
+    DST/dt=YYYY-MM-DD/run=RUN_ID/   part-NNNNN.parquet, _deleted.parquet, _summary.json, _SUCCESS
+
+A run folder is complete only with ``_SUCCESS``; readers ignore others. Each run folder holds
+everything needed to apply it to the state (its rows and ``_deleted.parquet``), so the state is
+*rolled forward*: the manifest records the last run applied (``facebatch.last_run`` in its
+metadata), and a run that wrote ``_SUCCESS`` but died before replacing the manifest is applied
+by the next run. Run ids sort by time, and runs hold the lock, so runs apply in order.
+
+The diff of a listing against the manifest is done with pyarrow joins (no Python loop per key).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .. import schema as S
+from ..storage import filesystem, join
+
+STATE_DIR = "_state"
+MANIFEST = "manifest.parquet"
+DELETED = "deleted.parquet"
+RUN_DELETED = "_deleted.parquet"
+SUCCESS = "_SUCCESS"
+SUMMARY = "_summary.json"
+META_LAST_RUN = b"facebatch.last_run"
+
+#: statuses that a rerun could change without the object changing: redone by the next run
+RETRY_STATUSES = (S.READ_ERROR, S.DETECT_ERROR)
+
+LISTING_SCHEMA = pa.schema([pa.field("path", pa.string()), pa.field("etag", pa.string()),
+                            pa.field("size", pa.int64()), pa.field("mtime", pa.float64())])
+MANIFEST_SCHEMA = pa.schema([*LISTING_SCHEMA, pa.field("sha256", pa.string()), pa.field("run_id", pa.string()),
+                             pa.field("status", pa.string())])
+DELETED_SCHEMA = pa.schema([*MANIFEST_SCHEMA, pa.field("deleted_run_id", pa.string()),
+                            pa.field("deleted_at", pa.timestamp("ms", tz="UTC"))])
+
+
+def new_run_id(now: _dt.datetime | None = None) -> str:
+    """``YYYYmmddTHHMMSSffffffZ-xxxxxx``: sorts by start time."""
+    now = now or _dt.datetime.now(_dt.timezone.utc)
+    return now.strftime("%Y%m%dT%H%M%S%fZ") + "-" + uuid.uuid4().hex[:6]
+
+
+def run_date(run_id: str) -> str:
+    return f"{run_id[0:4]}-{run_id[4:6]}-{run_id[6:8]}"
+
+
+def run_dir(dst_root: str, run_id: str) -> str:
+    return join(dst_root, f"dt={run_date(run_id)}", f"run={run_id}")
+
+
+# ---- listing -------------------------------------------------------------------------------------
+
+def _mtime(info: dict) -> float | None:
+    v = info.get("mtime", info.get("LastModified", info.get("last_modified")))
+    if v is None:
+        return None
+    if isinstance(v, _dt.datetime):
+        return v.timestamp()
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _etag(info: dict) -> str | None:
+    v = info.get("ETag") or info.get("etag")
+    return str(v).strip('"') if v else None
+
+
+def input_format(src: str, options: dict) -> str:
+    """``manifest`` for a ``.csv``/``.parquet`` file, else ``folder``."""
+    low = str(src).lower().split("?")[0]
+    return "manifest" if low.endswith((".csv", ".parquet", ".txt")) else "folder"
+
+
+def list_source(src: str, options: dict) -> tuple[pa.Table, dict]:
+    """``(listing table path/etag/size/mtime sorted by path, skipped report)``.
+
+    Uses the preprocess job's lister (:func:`facebatch.formats.sources.list_inputs`): the same
+    extensions (``.gif`` too), hidden files skipped and counted. Objects named by a manifest
+    that the listing did not stat are stat-ed here.
+    """
+    from ..formats.sources import list_inputs
+    from ..storage import storage_error_message
+    fmt = input_format(src, options)
+    try:
+        fs_in = filesystem(src, options)[0] if "://" in src else None
+        records, listing = list_inputs(src, fmt, None, filesystem=fs_in)
+    except Exception as exc:
+        msg = storage_error_message(exc, src, options)
+        if msg:
+            raise ValueError(msg) from exc
+        raise
+    paths, etags, sizes, mtimes = [], [], [], []
+    for rec in records:
+        info = listing.info.get(rec.path)
+        if info is None:
+            try:
+                fs, p = filesystem(rec.path, options)
+                info = fs.info(p)
+            except Exception:  # gone already: the read gives it a read_error row
+                info = {}
+        paths.append(rec.path)
+        etags.append(_etag(info))
+        sizes.append(info.get("size"))
+        mtimes.append(_mtime(info))
+    del records
+    t = pa.Table.from_arrays([pa.array(paths, pa.string()), pa.array(etags, pa.string()),
+                              pa.array(sizes, pa.int64()), pa.array(mtimes, pa.float64())], schema=LISTING_SCHEMA)
+    return t.sort_by("path"), listing.report()
+
+
+# ---- the diff ------------------------------------------------------------------------------------
+
+@dataclass
+class Diff:
+    """What a run does with each listed object (tables sorted by path)."""
+
+    new: pa.Table
+    changed: pa.Table
+    retry: pa.Table  # unchanged, but the last result had a status a rerun could change
+    unchanged: pa.Table
+    deleted: pa.Table  # manifest rows whose object is no longer listed
+
+    @property
+    def todo(self) -> pa.Table:
+        return pa.concat_tables([self.new, self.changed, self.retry]).sort_by("path")
+
+    def counts(self) -> dict:
+        return {"new": self.new.num_rows, "changed": self.changed.num_rows, "retried": self.retry.num_rows,
+                "unchanged": self.unchanged.num_rows, "deleted": self.deleted.num_rows}
+
+
+def diff(listing: pa.Table, manifest: pa.Table | None, full: bool = False) -> Diff:
+    """Diff a listing against the manifest with joins.
+
+    Changed: size differs, or the ETag differs, or (no ETag on either side) the mtime differs.
+    ``full``: every listed object is redone (counted as new or changed as the diff says).
+    """
+    listing = listing.select(LISTING_SCHEMA.names)
+    if manifest is None or manifest.num_rows == 0:
+        empty = listing.slice(0, 0)
+        return Diff(listing, empty, empty, empty, (manifest or MANIFEST_SCHEMA.empty_table()).slice(0, 0))
+    prev = manifest.select(["path", "etag", "size", "mtime", "status"]).rename_columns(
+        ["path", "p_etag", "p_size", "p_mtime", "p_status"]).append_column(
+        "_known", pa.array([True] * manifest.num_rows, pa.bool_()))
+    j = listing.join(prev, keys="path", join_type="left outer")
+    known = pc.fill_null(j["_known"], False)
+    e1, e2 = j["etag"], j["p_etag"]
+    etag_both = pc.and_(pc.is_valid(e1), pc.is_valid(e2))
+    etag_diff = pc.fill_null(pc.and_(etag_both, pc.not_equal(e1, e2)), False)
+    size_diff = pc.fill_null(pc.not_equal(j["size"], j["p_size"]), False)
+    size_null_mismatch = pc.xor(pc.is_valid(j["size"]), pc.is_valid(j["p_size"]))
+    mtime_diff = pc.fill_null(pc.and_(pc.invert(etag_both), pc.not_equal(j["mtime"], j["p_mtime"])), False)
+    changed = pc.and_(known, pc.or_(pc.or_(etag_diff, size_diff), pc.or_(mtime_diff, size_null_mismatch)))
+    retry = pc.and_(pc.and_(known, pc.invert(changed)),
+                    pc.fill_null(pc.is_in(j["p_status"], pa.array(RETRY_STATUSES)), False))
+    new = pc.invert(known)
+    cols = LISTING_SCHEMA.names
+    pick = lambda m: j.filter(m).select(cols).sort_by("path")  # noqa: E731
+    unchanged_mask = pc.and_(pc.and_(known, pc.invert(changed)), pc.invert(retry))
+    if full:
+        return Diff(pick(new), pick(pc.or_(changed, unchanged_mask)), pick(retry), pick(pc.and_(new, pc.invert(new))),
+                    _deleted(listing, manifest))
+    return Diff(pick(new), pick(changed), pick(retry), pick(unchanged_mask), _deleted(listing, manifest))
+
+
+def _deleted(listing: pa.Table, manifest: pa.Table) -> pa.Table:
+    return manifest.join(listing.select(["path"]), keys="path", join_type="left anti").sort_by("path")
+
+
+# ---- state files ---------------------------------------------------------------------------------
+
+def _read_parquet(fs, path: str) -> pa.Table | None:
+    if not fs.exists(path):
+        return None
+    with fs.open(path, "rb") as f:
+        return pq.read_table(io.BytesIO(f.read()))
+
+
+def _write_parquet_atomic(fs, path: str, table: pa.Table) -> None:
+    """Write a whole file and replace ``path`` with it: rename locally; a PUT on S3 (objects appear whole)."""
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    data = buf.getvalue()
+    if hasattr(fs, "s3") or "s3" in (fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)):
+        with fs.open(path, "wb") as f:
+            f.write(data)
+        return
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with fs.open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno()) if hasattr(f, "fileno") else None
+    os.replace(tmp, path)
+
+
+def load_manifest(dst: str, options: dict) -> tuple[pa.Table | None, str | None]:
+    """``(manifest table or None, last applied run id or None)``."""
+    fs, root = filesystem(dst, options)
+    t = _read_parquet(fs, join(root, STATE_DIR, MANIFEST))
+    if t is None:
+        return None, None
+    last = (t.schema.metadata or {}).get(META_LAST_RUN)
+    return t.cast(MANIFEST_SCHEMA) if t.schema.remove_metadata() != MANIFEST_SCHEMA else t.replace_schema_metadata(None), \
+        (last.decode() if last else None)
+
+
+def run_folders(dst: str, options: dict) -> list[tuple[str, str, bool]]:
+    """``(run_id, folder, has _SUCCESS)`` of every run folder, sorted by run id."""
+    fs, root = filesystem(dst, options)
+    out = []
+    for d in fs.glob(join(root, "dt=*", "run=*")):
+        rid = d.rstrip("/").rsplit("run=", 1)[1]
+        out.append((rid, d, fs.exists(join(d, SUCCESS))))
+    return sorted(out)
+
+
+def run_parts(fs, folder: str) -> list[str]:
+    return sorted(fs.glob(join(folder, "part-*.parquet")))
+
+
+def _run_manifest_rows(fs, folder: str) -> pa.Table:
+    """One manifest row per input of a finished run (its face 0 or no-face/failed row)."""
+    tables = []
+    for p in run_parts(fs, folder):
+        with fs.open(p, "rb") as f:
+            t = pq.read_table(f, columns=["path", "etag", "size", "mtime", "sha256", "run_id", "status", "face_index"])
+        tables.append(t.filter(pc.less_equal(pc.fill_null(t["face_index"], -1), 0)).drop_columns(["face_index"]))
+    if not tables:
+        return MANIFEST_SCHEMA.empty_table()
+    return pa.concat_tables([t.cast(MANIFEST_SCHEMA) for t in tables])
+
+
+def write_run_deleted(fs, folder: str, deleted: pa.Table, run_id: str) -> None:
+    now = _dt.datetime.now(_dt.timezone.utc)
+    d = deleted.select(MANIFEST_SCHEMA.names).cast(MANIFEST_SCHEMA)
+    d = d.append_column("deleted_run_id", pa.array([run_id] * d.num_rows, pa.string())).append_column(
+        "deleted_at", pa.array([now] * d.num_rows, DELETED_SCHEMA.field("deleted_at").type))
+    _write_parquet_atomic(fs, join(folder, RUN_DELETED), d.cast(DELETED_SCHEMA))
+
+
+def apply_run(dst: str, options: dict, run_id: str, folder: str, full: bool = False) -> dict:
+    """Fold one finished run into ``_state``: deleted.parquet first, then the manifest (the commit
+    point, atomically replaced, recording ``run_id`` as the last run applied). Idempotent."""
+    fs, root = filesystem(dst, options)
+    state = join(root, STATE_DIR)
+    fs.makedirs(state, exist_ok=True)
+    manifest, _ = load_manifest(dst, options)
+    manifest = manifest if manifest is not None else MANIFEST_SCHEMA.empty_table()
+    done = _run_manifest_rows(fs, folder)
+    gone = _read_parquet(fs, join(folder, RUN_DELETED))
+    gone = gone.cast(DELETED_SCHEMA) if gone is not None else DELETED_SCHEMA.empty_table()
+    # deleted.parquet: history of deletions; drop this run's rows first so reapplying is harmless
+    hist = _read_parquet(fs, join(state, DELETED))
+    hist = hist.cast(DELETED_SCHEMA) if hist is not None else DELETED_SCHEMA.empty_table()
+    hist = hist.filter(pc.not_equal(hist["deleted_run_id"], run_id)) if hist.num_rows else hist
+    if gone.num_rows or not fs.exists(join(state, DELETED)):
+        _write_parquet_atomic(fs, join(state, DELETED), pa.concat_tables([hist, gone]))
+    drop = pa.concat_tables([done.select(["path"]), gone.select(["path"])])
+    keep = manifest.join(drop, keys="path", join_type="left anti") if drop.num_rows else manifest
+    new = pa.concat_tables([keep.select(MANIFEST_SCHEMA.names).cast(MANIFEST_SCHEMA), done]).sort_by("path")
+    new = new.replace_schema_metadata({META_LAST_RUN: run_id.encode()})
+    _write_parquet_atomic(fs, join(state, MANIFEST), new)
+    return {"manifest_rows": new.num_rows, "applied": done.num_rows, "deleted": gone.num_rows}
+
+
+def recover(dst: str, options: dict, log=print) -> dict:
+    """Before a run (holding the lock): remove run folders without ``_SUCCESS`` (a killed run) and
+    apply finished runs that the manifest does not have yet (killed between ``_SUCCESS`` and the
+    manifest). Returns what it did."""
+    fs, root = filesystem(dst, options)
+    _, last = load_manifest(dst, options)
+    removed, applied = [], []
+    for rid, folder, ok in run_folders(dst, options):
+        if not ok:
+            fs.rm(folder, recursive=True)
+            removed.append(rid)
+        elif last is None or rid > last:
+            apply_run(dst, options, rid, folder)
+            applied.append(rid)
+            last = rid
+    if removed:
+        log(f"[facebatch] removed {len(removed)} unfinished run folder(s) of killed runs: {', '.join(removed)}")
+    if applied:
+        log(f"[facebatch] applied {len(applied)} finished run(s) missing from the manifest: {', '.join(applied)}")
+    return {"removed_runs": removed, "applied_runs": applied}
+
+
+# ---- the live view -------------------------------------------------------------------------------
+
+def read_latest(dst: str, columns: Iterable[str] | None = None, options: dict[str, Any] | None = None) -> pa.Table:
+    """The current annotation of every live object: for each path the rows of the latest successful
+    run that annotated it, unless a later run saw it deleted.
+
+    Only run folders with ``_SUCCESS`` count, so a running or killed run is never seen. Works from
+    the run folders alone (not the manifest). ``columns``: read only these (``path`` and ``run_id``
+    are always read). Returns a pyarrow Table sorted by path and face_index (``.to_pandas()``).
+    """
+    from ..storage import storage_options
+    options = storage_options() if options is None else options
+    fs, root = filesystem(dst, options)
+    runs = [(rid, folder) for rid, folder, ok in run_folders(dst, options) if ok]
+    cols = None if columns is None else list(dict.fromkeys(["path", "run_id", "face_index", *columns]))
+    tables, gone = [], []
+    for rid, folder in runs:
+        for p in run_parts(fs, folder):
+            with fs.open(p, "rb") as f:
+                tables.append(pq.read_table(f, columns=cols))
+        d = _read_parquet(fs, join(folder, RUN_DELETED))
+        if d is not None and d.num_rows:
+            gone.append(d.select(["path", "deleted_run_id"]))
+    if not tables:
+        return pa.table({"path": pa.array([], pa.string()), "run_id": pa.array([], pa.string())})
+    rows = pa.concat_tables(tables, promote_options="default")
+    latest = rows.group_by("path").aggregate([("run_id", "max")]).rename_columns(["path", "run_id"])
+    if gone:
+        g = pa.concat_tables(gone).group_by("path").aggregate([("deleted_run_id", "max")]).rename_columns(
+            ["path", "deleted_run_id"])
+        latest = latest.join(g, keys="path", join_type="left outer")
+        alive = pc.or_(pc.is_null(latest["deleted_run_id"]),
+                       pc.fill_null(pc.greater(latest["run_id"], latest["deleted_run_id"]), True))
+        latest = latest.filter(alive).select(["path", "run_id"])
+    # join on the keys only (acero cannot carry fixed-size list columns through a join), then take
+    keys = pa.table({"path": rows["path"], "run_id": rows["run_id"], "_i": pa.array(range(rows.num_rows), pa.int64())})
+    idx = keys.join(latest, keys=["path", "run_id"], join_type="inner")["_i"]
+    out = rows.take(idx.combine_chunks().take(pc.sort_indices(idx)))
+    return out.take(pc.sort_indices(out, sort_keys=[("path", "ascending"), ("face_index", "ascending")]))
