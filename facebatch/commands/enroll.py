@@ -133,9 +133,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, default=None,
                    help="cosine similarity below which a face is 'unknown' (stored in the gallery when enrolling)")
     add_detector_arguments(p)
+    old = p.add_argument_group("accepted for compatibility, no longer used (enroll runs in this process)")
+    old.add_argument("--crop-size", type=int, default=None, help="the crop frame now comes from the model file")
+    old.add_argument("--work-dir", default=None, help="no preprocess output is written any more")
+    old.add_argument("--address", default=None, help="no Ray job is started any more")
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+    for opt in ("crop_size", "work_dir", "address"):
+        if getattr(args, opt, None) is not None:
+            print(f"facebatch enroll: note: --{opt.replace('_', '-')} is no longer used (enroll runs in this "
+                  "process through FaceAnalyzer)", file=sys.stderr)
     if args.match:
         if not args.gallery:
             raise ValueError("--match needs --gallery GALLERY.npz")
