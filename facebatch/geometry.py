@@ -49,3 +49,31 @@ def points_from_crop(norm: np.ndarray, crop_box) -> np.ndarray:
 def order_faces_by_area(faces: list) -> list:
     """Faces largest first (the default choice, as the seed projects did); stable for ties."""
     return sorted(faces, key=lambda f: -f.area)
+
+
+def box_iou(a, b) -> float:
+    """Intersection over union of two ``(x1, y1, x2, y2)`` boxes."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def match_labelled_face(boxes, points) -> int | None:
+    """Which detected face the labelled ``(K, 2)`` points belong to (NaN points ignored), as
+    300-W evaluation does by giving the face box: among the boxes that hold the points' centre,
+    the one overlapping the points' extent most; ``None`` when no box holds the centre."""
+    pts = np.asarray(points, np.float64).reshape(-1, 2)
+    pts = pts[np.isfinite(pts).all(1)]
+    if not len(pts) or not len(boxes):
+        return None
+    cx, cy = pts.mean(0)
+    extent = (*pts.min(0), *pts.max(0))
+    best, best_iou = None, -1.0
+    for i, b in enumerate(boxes):
+        if b[0] <= cx <= b[2] and b[1] <= cy <= b[3]:
+            iou = box_iou(b, extent)
+            if iou > best_iou:
+                best, best_iou = i, iou
+    return best

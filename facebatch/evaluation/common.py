@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 
 from ..inference import InputSpec, model_input
@@ -14,8 +15,10 @@ def is_parquet_source(src: str) -> bool:
 
 
 def load_rows(src: str, fmt: str | None, outdir: Path, labels: str | None = None, address: str | None = None,
-              crop_size: int = 256, splits: list[str] | None = None, limit: int | None = None) -> list[dict]:
-    """Rows of a preprocess output; a raw dataset is first preprocessed (detect + crop) into ``outdir/preprocess``."""
+              crop_size: int = 256, splits: list[str] | None = None, limit: int | None = None,
+              all_faces: bool = False) -> list[dict]:
+    """Rows of a preprocess output; a raw dataset is first preprocessed (detect + crop) into
+    ``outdir/preprocess`` (one row per face with ``all_faces``)."""
     if not is_parquet_source(src):
         if not fmt:
             raise ValueError(f"--input {src} is not a preprocess Parquet output, so --format is needed")
@@ -24,14 +27,16 @@ def load_rows(src: str, fmt: str | None, outdir: Path, labels: str | None = None
         from ..preprocess.rows import CropConfig
         pre = outdir / "preprocess"
         run_preprocess(PreprocessConfig(input=src, output=str(pre), format=fmt, labels=labels, limit=limit,
-                                        crop=CropConfig(crop_size=crop_size), progress="auto"), address=address)
+                                        crop=CropConfig(crop_size=crop_size, all_faces=all_faces), progress="auto"),
+                       address=address)
         src = str(pre)
     rows = pq.read_table(src).to_pylist()
     rows.sort(key=lambda r: (r["path"], r["face_index"] if r["face_index"] is not None else -1))
     if splits:
         rows = [r for r in rows if r["split"] in splits]
-    if limit:
-        rows = rows[:limit]
+    if limit:  # the first N images (all their faces)
+        keep = set(sorted({r["path"] for r in rows})[:limit])
+        rows = [r for r in rows if r["path"] in keep]
     if not rows:
         raise ValueError(f"no rows to evaluate in {src}" + (f" for splits {splits}" if splits else ""))
     return rows
@@ -47,6 +52,31 @@ def row_batches(rows: list[dict], spec: InputSpec, batch_size: int = 64):
     for j in range(0, len(idx), batch_size):
         sel = idx[j:j + batch_size]
         yield sel, model_input([rows[i]["crop"] for i in sel], spec)
+
+
+def labelled_face_rows(rows: list[dict]) -> list[dict]:
+    """One row per labelled image: the detected face its keypoint labels belong to (box holds the
+    points' centre, best overlap; :func:`facebatch.geometry.match_labelled_face`), not simply the
+    largest. An image where no detected face matches keeps one row without a crop (it counts as
+    failed, with the reason in ``error``)."""
+    from ..geometry import match_labelled_face
+    by_path: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["keypoints"] is not None:
+            by_path.setdefault(r["path"], []).append(r)
+    out = []
+    for path, group in by_path.items():
+        faces = [r for r in group if has_crop(r) and r["box"] is not None]
+        pts = np.asarray(group[0]["keypoints"], np.float32).reshape(-1, 2)
+        k = match_labelled_face([r["box"] for r in faces], pts)
+        if k is not None:
+            out.append(faces[k])
+        elif faces:
+            out.append({**faces[0], "crop": None, "status": "no_face",
+                        "error": f"none of {len(faces)} detected face(s) holds the labelled points' centre"})
+        else:
+            out.append(group[0])
+    return out
 
 
 def fallback_crop_box(row: dict) -> list[float]:

@@ -1,7 +1,10 @@
 """Evaluate a keypoint model: metrics.json (fixed keys), predictions.csv, evaluation.csv, curves, picture grids.
 
-Images where no face was found are not dropped: they are predicted with the model's mean
-shape placed in the centred square of the whole image, and count against the model.
+The face scored in each image is the detected face the labelled points belong to (its box holds
+their centre, best overlap), as 300-W does by giving the face box, not simply the largest face:
+in a photo with several people the labelled one is evaluated. Images where no detected face
+matches the labels (or none was found) are not dropped: they are predicted with the model's
+mean shape placed in the centred square of the whole image, and count against the model.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from ..inference import KeypointHead
 from ..keypoints.metrics import (FACE_FRAME_PX, mae_px, nme_interocular, pck, per_point_table, rmse_norm,
                                  write_table_csv)
 from ..keypoints.schemes import convert_scheme
-from .common import fallback_crop_box, has_crop, load_rows, row_batches
+from .common import fallback_crop_box, has_crop, labelled_face_rows, load_rows, row_batches
 
 METRIC_KEYS = ("n_images", "failed", "nme_interocular", "rmse_norm", "mae_px", "pck_5px", "pck_10px", "pck_15px")
 
@@ -37,8 +40,8 @@ def evaluate_keypoints(model_name: str, src: str, fmt: str | None, outdir: str, 
     out.mkdir(parents=True, exist_ok=True)
     head = KeypointHead.load(model_name)
     info, meta, scheme = head.info, head.meta, head.scheme
-    rows = load_rows(src, fmt, out, labels=labels, address=address, splits=splits, limit=limit)
-    rows = [r for r in rows if r["keypoints"] is not None and (r["face_index"] or 0) <= 0]
+    rows = labelled_face_rows(load_rows(src, fmt, out, labels=labels, address=address, splits=splits, limit=limit,
+                                        all_faces=True))
     if not rows:
         raise ValueError(f"no labelled keypoints in {src}; evaluation needs a keypoint format (udacity68, kaggle15)")
     unit = predict_rows(head, rows)

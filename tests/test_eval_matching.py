@@ -1,0 +1,46 @@
+"""evaluate keypoints scores the labelled face, not the largest one (300-W protocol)."""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+from PIL import Image
+
+from facebatch.geometry import box_iou, match_labelled_face
+
+
+def test_match_labelled_face_picks_the_box_holding_the_points():
+    pts = np.array([[110, 110], [130, 110], [120, 130], [np.nan, np.nan]])
+    boxes = [[0, 0, 400, 400], [100, 100, 140, 140], [300, 300, 350, 350]]
+    assert match_labelled_face(boxes, pts) == 1  # both 0 and 1 hold the centre; 1 overlaps the extent best
+    assert match_labelled_face([[300, 300, 350, 350]], pts) is None
+    assert match_labelled_face([], pts) is None
+    assert box_iou([0, 0, 2, 2], [1, 1, 3, 3]) == 1 / 7
+
+
+def test_evaluate_keypoints_scores_the_labelled_face_in_a_group_photo(ray_session, udacity_root, celeba_root,
+                                                                     tmp_path):
+    """A udacity68 frame pasted beside a larger CelebA face: the labels belong to the smaller one."""
+    from facebatch.evaluation.keypoints import evaluate_keypoints
+    with open(udacity_root / "training_frames_keypoints.csv") as f:
+        rows = sorted(list(csv.reader(f)))
+    picked = [r for r in rows if r[0].endswith(".jpg")][::700][:4]
+    root = tmp_path / "group"
+    (root / "training").mkdir(parents=True)
+    big = Image.open(next((celeba_root / "test_dataset" / "celeb_7").glob("*.jpg"))).convert("RGB")
+    out_rows = []
+    for r in picked:
+        small = Image.open(udacity_root / "training" / r[0]).convert("RGB")
+        big_r = big.resize((int(big.width * small.height * 1.6 / big.height), int(small.height * 1.6)))
+        canvas = Image.new("RGB", (small.width + big_r.width + 10, big_r.height), (90, 90, 90))
+        canvas.paste(small, (0, 0))
+        canvas.paste(big_r, (small.width + 10, 0))
+        canvas.save(root / "training" / r[0], quality=95)
+        out_rows.append(r)  # labels unchanged: the small face sits at the origin
+    with open(root / "training_frames_keypoints.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file"] + [f"{a}{k}" for k in range(68) for a in "xy"])
+        w.writerows(out_rows)
+    m = evaluate_keypoints("keypoints68", str(root), "udacity68", str(tmp_path / "ev"))
+    assert m["n_images"] == 4 and m["failed"] == 0
+    assert m["nme_interocular"] < 0.08, m  # scoring the CelebA face instead would be far above 0.3
