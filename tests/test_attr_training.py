@@ -360,3 +360,29 @@ def test_multitask_train_export_evaluate_enroll(ray_session, attr_data, tmp_path
     probe = sorted((celeba_raw / "test_dataset" / attr_data["train_people"][0]).iterdir())[0]
     found = match(str(probe), res["gallery"], model=str(export), threshold=-1.0)
     assert len(found) == 1 and found[0]["person"] in attr_data["train_people"][:2] and -1 <= found[0]["similarity"] <= 1
+
+
+def test_degradation_augmentation_and_mixed_threshold_fit(synthetic_parquet):
+    """degrade_p turns on what real photos do to crops (training only); thresholds are fitted on
+    full and degraded validation faces together, with a bootstrap of their stability."""
+    from facebatch.training.attribute_task import fit_thresholds
+    mk = {"backbone": "resnet_small", "resnet_widths": [8, 8, 16, 16]}
+    plain = AttributeTask(_cfg(synthetic_parquet, "multitask", ["smile", "eyeglasses"], model_kwargs=mk,
+                               augment={"flip_p": 0, "brightness": 0, "contrast": 0, "saturation": 0}))
+    deg = AttributeTask(_cfg(synthetic_parquet, "multitask", ["smile", "eyeglasses"], model_kwargs=mk,
+                             augment={"flip_p": 0, "brightness": 0, "contrast": 0, "saturation": 0,
+                                      "degrade_p": 1.0, "degrade_scale": [0.3, 0.5]}))
+    batch = plain.decode(_batch(synthetic_parquet), ["train"])
+    x0, _ = plain.inputs(batch, train=True, rng=np.random.default_rng(0))
+    x1, _ = deg.inputs(batch, train=True, rng=np.random.default_rng(0))
+    xv, _ = deg.inputs(batch, train=False, rng=np.random.default_rng(0))
+    assert x0.shape == x1.shape and torch.allclose(x0, xv, atol=1e-5)  # validation inputs are never degraded
+    assert (x1 - x0).abs().mean() > 0.02
+    torch.manual_seed(0)
+    net = deg.build_model().eval()
+    thr, used, report = fit_thresholds(net, str(synthetic_parquet), ["val", "train"], ["smile", "eyeglasses"], 32,
+                                       degrade=["scale=0.5", "jpeg=30"], n_boot=20)
+    thr1, used1, _ = fit_thresholds(net, str(synthetic_parquet), ["val", "train"], ["smile"], 32)
+    assert used["smile"] == 3 * used1["smile"] and report["degrade"] == ["none", "scale=0.5", "jpeg=30"]
+    b = report["bootstrap"]["smile"]
+    assert b["n_faces"] == used1["smile"] and b["p05"] <= b["median"] <= b["p95"] and 0 <= b["balanced_accuracy"] <= 1

@@ -51,20 +51,27 @@ log = logging.getLogger(__name__)
 
 IDENTITY = "identity"
 MULTITASK_BINARY = ("smile", "eyeglasses")
-TASK_OPTIONS = ("eyeglasses_pos_weight", "smile_pos_weight", "loss_weights", "ae_quantile")
+TASK_OPTIONS = ("eyeglasses_pos_weight", "smile_pos_weight", "loss_weights", "ae_quantile", "threshold_degrade")
 NOT_EXPORTED = ("pretrained", "weights_path")
 
 
 @dataclass
 class AttrAugment:
-    """Light augmentation for attribute/identity crops: horizontal flip, colour jitter and an
-    optional random shift (up to ``shift`` of the side in x and y, edges repeated; 0 = off)."""
+    """Augmentation for attribute/identity crops: horizontal flip, colour jitter, an optional
+    random shift (up to ``shift`` of the side in x and y, edges repeated; 0 = off) and, with
+    ``degrade_p`` > 0, what real photos do to faces (:func:`facebatch.degrade.random_degrade`,
+    each with probability ``degrade_p``): downscale to ``degrade_scale`` of the side and back
+    up, Gaussian blur up to ``degrade_blur`` px, JPEG re-encoding at ``degrade_jpeg`` quality."""
 
     flip_p: float = 0.5
     brightness: float = 0.2
     contrast: float = 0.2
     saturation: float = 0.2
     shift: float = 0.0
+    degrade_p: float = 0.0
+    degrade_scale: tuple = (0.2, 1.0)
+    degrade_jpeg: tuple = (20, 95)
+    degrade_blur: float = 1.0
 
 
 def parse_attributes(text) -> dict:
@@ -180,7 +187,8 @@ class AttributeTask:
         if unknown_aug:
             raise ValueError(f"unknown augment option(s) {sorted(unknown_aug)} for attributes; "
                              f"known: {', '.join(AttrAugment.__dataclass_fields__)}")
-        self.aug = None if cfg.augment is None else AttrAugment(**(cfg.augment or {}))
+        self.aug = None if cfg.augment is None else AttrAugment(**{
+            k: (tuple(v) if isinstance(v, list) else v) for k, v in (cfg.augment or {}).items()})
         self.monitor, self.mode = ("val_recon_mse", "min") if self.autoencoder else ("val_score", "max")
         self.n_metric_sums = 6 if self.autoencoder else 4 * len(self.binary) + 2 * self.identity
         self._scan: dict | None = None
@@ -295,7 +303,13 @@ class AttributeTask:
     def inputs(self, batch: dict, train: bool, rng: np.random.Generator) -> tuple[torch.Tensor, dict]:
         """``(x (N, 3, S, S) float in [0, 1], targets dict)``; a lone training row is repeated
         (BatchNorm1d cannot train on one row, and skipping it would desync DDP workers)."""
-        x = to_tensor(batch["image"])
+        images = batch["image"]
+        if train and self.aug is not None and self.aug.degrade_p > 0 and len(images):
+            from ..degrade import random_degrade
+            a = self.aug
+            images = np.stack([random_degrade(im, rng, a.degrade_scale, a.degrade_jpeg, (0.0, a.degrade_blur),
+                                              a.degrade_p) for im in images])
+        x = to_tensor(images)
         if train and self.aug is not None and len(x):
             x = self._augment(x, rng)
         y = {a: torch.tensor(batch[f"y_{a}"], dtype=torch.float32) for a in self.binary}
@@ -439,9 +453,9 @@ class AttributeTask:
             meta["backbone"] = cfg_of.get("backbone")
             meta["backbone_weights_sha256"] = cfg_of.get("backbone_weights_sha256")
         if self.multitask and self.binary:
-            meta["thresholds"], meta["threshold_n"] = fit_thresholds(
+            meta["thresholds"], meta["threshold_n"], meta["threshold_fit"] = fit_thresholds(
                 model, self.cfg.data, list(self.cfg.val_splits), self.binary, self.cfg.input_size, self.cfg.limit,
-                flip=self.cfg.flip_test)
+                flip=self.cfg.flip_test, degrade=self._option("threshold_degrade", []))
         if self.autoencoder:
             q = float(self._option("ae_quantile", 0.95))
             t, n = fit_autoencoder_threshold(model, self.cfg.data, list(self.cfg.train_splits), self.binary[0],
@@ -450,48 +464,89 @@ class AttributeTask:
         return kwargs, meta
 
 
-def labelled_crops(data, splits: list[str], size: int, limit: int | None = None, keep=None):
+def labelled_crops(data, splits: list[str], size: int, limit: int | None = None, keep=None, degrade: str | None = None):
     """Yield ``(x, labels)`` batches of up to 128 usable rows of ``splits`` (status ok, with a crop):
     ``x`` float RGB ``[0, 1]`` ``(B, 3, S, S)`` (the one input contract), ``labels`` their attribute
-    dicts. ``keep(labels)`` filters rows (e.g. only the positives of one attribute)."""
+    dicts. ``keep(labels)`` filters rows (e.g. only the positives of one attribute). ``degrade``
+    (a :class:`facebatch.degrade.Degradation` spec) degrades each stored crop first and brings it
+    back to its size, as a smaller or compressed photo would give it."""
     t = read_columns(data, [S.STATUS, S.SPLIT, S.ATTRIBUTES, S.CROP], limit)
     st, sp, at = (t.column(c).to_pylist() for c in (S.STATUS, S.SPLIT, S.ATTRIBUTES))
     crops = t.column(S.CROP)
     rows = [(i, parse_attributes(at[i])) for i in range(len(st))
             if st[i] == S.OK and sp[i] in splits and crops[i].is_valid]
     rows = [(i, lab) for i, lab in rows if keep is None or keep(lab)]
+    spec = InputSpec(size)
     for j in range(0, len(rows), 128):
         part = rows[j:j + 128]
-        yield model_input([crops[i].as_py() for i, _ in part], InputSpec(size)), [lab for _, lab in part]
+        cr = [crops[i].as_py() for i, _ in part]
+        if degrade:
+            cr = [_degraded_crop(c, degrade) for c in cr]
+        yield model_input(cr, spec), [lab for _, lab in part]
+
+
+def _degraded_crop(crop: bytes, spec: str) -> np.ndarray:
+    from PIL import Image
+    from ..degrade import Degradation
+    full = decode_crop(crop, InputSpec(1).frame.crop_size)
+    small, _ = Degradation.parse(spec).apply(full)
+    return np.asarray(Image.fromarray(small).resize(full.shape[1::-1], Image.BILINEAR))
 
 
 def fit_thresholds(model, data, splits: list[str], attrs: list[str], size: int,
-                   limit: int | None = None, flip: bool = False) -> tuple[dict, dict]:
+                   limit: int | None = None, flip: bool = False, degrade: list[str] | None = None,
+                   n_boot: int = 200) -> tuple[dict, dict, dict]:
     """Per binary attribute of a multitask model, the sigmoid threshold that maximises balanced
-    accuracy on the rows of ``splits`` (the by-person validation split, never the test split);
+    accuracy on the rows of ``splits`` (the by-person validation split, never the test split).
+
     ``flip`` scores each face with its mirror image as evaluation will (the file's ``flip_test``);
-    returns ``(thresholds, labelled rows used per attribute)``."""
+    ``degrade`` adds every validation face again under each degradation spec (e.g.
+    ``["scale=0.5", "jpeg=30"]``), so the threshold suits full and degraded photos alike.
+    Returns ``(thresholds, labelled scores used per attribute, fit report)``; the report gives
+    the specs and a bootstrap over validation faces (``n_boot`` resamples): the median and the
+    5-95% range of the refitted threshold, and the balanced accuracy at the chosen one."""
     from ..attributes.metrics import balanced_threshold
     from ..attributes.models import multitask_outputs
-    scores, labels = {a: [] for a in attrs}, []
+    specs = [None] + [d for d in (degrade or []) if d]
+    scores, labels, group = {a: [] for a in attrs}, [], []
     was = model.training
     model.eval()
     with torch.inference_mode():
-        for x, labs in labelled_crops(data, splits, size, limit):
-            out = multitask_outputs(model, x, flip)
-            labels += labs
-            for a in attrs:
-                scores[a].append(torch.sigmoid(out[a].float()).numpy())
+        for g, spec in enumerate(specs):
+            n = 0
+            for x, labs in labelled_crops(data, splits, size, limit, degrade=spec):
+                out = multitask_outputs(model, x, flip)
+                labels += labs
+                group += list(range(n, n + len(labs)))
+                n += len(labs)
+                for a in attrs:
+                    scores[a].append(torch.sigmoid(out[a].float()).numpy())
     model.train(was)
-    thresholds, used = {}, {}
+    thresholds, used, report = {}, {}, {"degrade": [s or "none" for s in specs], "bootstrap": {}}
+    rng = np.random.default_rng(0)
+    face = np.asarray(group)
     for a in attrs:
         sc = np.concatenate(scores[a]) if scores[a] else np.zeros(0)
-        sel = [k for k, lab in enumerate(labels) if lab.get(a) is not None]
+        sel = np.asarray([k for k, lab in enumerate(labels) if lab.get(a) is not None], np.int64)
         y = np.asarray([labels[k][a] for k in sel], np.int64)
         thresholds[a] = balanced_threshold(y, sc[sel]) if len(sel) else 0.5
-        used[a] = len(sel)
-        log.info("%s threshold %.3f from %d validation rows", a, thresholds[a], len(sel))
-    return thresholds, used
+        used[a] = int(len(sel))
+        if len(sel) and 0 < y.sum() < len(y):
+            # resample faces with replacement, each with all its degraded copies
+            faces, inverse = np.unique(face[sel], return_inverse=True)
+            where = [np.flatnonzero(inverse == f) for f in range(len(faces))]
+            boots = []
+            for _ in range(n_boot):
+                idx = np.concatenate([where[f] for f in rng.integers(0, len(faces), len(faces))])
+                if 0 < y[idx].sum() < len(idx):
+                    boots.append(balanced_threshold(y[idx], sc[sel][idx]))
+            pred = sc[sel] >= thresholds[a]
+            bal = 0.5 * (pred[y == 1].mean() + (~pred[y == 0]).mean())
+            report["bootstrap"][a] = {"n_faces": int(len(faces)), "n_pos": int(y.sum()), "balanced_accuracy": float(bal),
+                                      "median": float(np.median(boots)), "p05": float(np.quantile(boots, 0.05)),
+                                      "p95": float(np.quantile(boots, 0.95))}
+        log.info("%s threshold %.3f from %d validation scores (%s)", a, thresholds[a], used[a], report["degrade"])
+    return thresholds, used, report
 
 
 def fit_autoencoder_threshold(model, data, splits: list[str], attr: str, size: int, quantile: float = 0.95,
