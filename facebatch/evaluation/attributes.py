@@ -27,7 +27,7 @@ import numpy as np
 
 from ..attributes.metrics import BINARY_KEYS, binary_metrics
 from ..inference import AttributeHead
-from .common import has_crop, load_rows, row_batches
+from .common import add_common_arguments, check_degrade, has_crop, load_rows, row_batches
 
 
 def _json_safe(v):
@@ -61,7 +61,8 @@ def score_rows(head: AttributeHead, rows: list[dict], batch_size: int = 64) -> d
 
 
 def evaluate_attributes(model_name: str, src: str, fmt: str | None, outdir: str, labels: str | None = None,
-                        splits: list[str] | None = None, limit: int | None = None, address: str | None = None) -> dict:
+                        splits: list[str] | None = None, limit: int | None = None, address: str | None = None,
+                        degrade: str | None = None) -> dict:
     """Run the evaluation and write its files into ``outdir``; returns the metrics."""
     from ..attributes.plots import save_confusion_png
     out = Path(outdir)
@@ -70,7 +71,7 @@ def evaluate_attributes(model_name: str, src: str, fmt: str | None, outdir: str,
     info, meta, attrs = head.info, head.meta, head.attributes
     if not attrs:
         raise ValueError(f"{info['path']} predicts no binary attribute (an identity model: use `evaluate identity`)")
-    rows = load_rows(src, fmt, out, labels=labels, address=address, splits=splits, limit=limit)
+    rows = load_rows(src, fmt, out, labels=labels, address=address, splits=splits, limit=limit, degrade=degrade)
     rows = [r for r in rows if (r["face_index"] or 0) <= 0]
     lab = [json.loads(r["attributes"]) if r["attributes"] else {} for r in rows]
     present = [a for a in attrs if any(x.get(a) is not None for x in lab)]
@@ -87,6 +88,8 @@ def evaluate_attributes(model_name: str, src: str, fmt: str | None, outdir: str,
         metrics[a] = _json_safe(m)
         save_confusion_png(m["confusion"], out / f"confusion_{a}.png", labels=("no", "yes"),
                            title=f"{a}: {Path(info['path']).name}, n={m['n']}, failed={m['failed']}")
+    if degrade:
+        metrics["degrade"] = check_degrade(src, degrade)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     with open(out / "predictions.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -104,18 +107,12 @@ def evaluate_attributes(model_name: str, src: str, fmt: str | None, outdir: str,
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="shipped model name (attributes) or a model file")
-    p.add_argument("--input", required=True, help="raw dataset (detected and cropped here) or preprocess Parquet")
-    p.add_argument("--format", default=None, help="format of a raw dataset (celeba, genki, csv)")
-    p.add_argument("--output", required=True, help="folder for metrics.json, predictions.csv, confusion PNGs")
-    p.add_argument("--labels", default=None, help="labels file when it is not where the format expects it")
-    p.add_argument("--split", action="append", default=None, help="only rows of this split (repeatable)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N images")
-    p.add_argument("--address", default=None, help="Ray address for preprocessing a raw dataset")
+    add_common_arguments(p, "shipped model name (attributes) or a model file", "celeba, genki, csv",
+                         "metrics.json, predictions.csv, confusion PNGs")
 
 
 def run(args: argparse.Namespace) -> int:
     m = evaluate_attributes(args.model, args.input, args.format, args.output, labels=args.labels,
-                            splits=args.split, limit=args.limit, address=args.address)
+                            splits=args.split, limit=args.limit, address=args.address, degrade=args.degrade)
     print(json.dumps(m, indent=2))
     return 0

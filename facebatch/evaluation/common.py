@@ -1,6 +1,7 @@
 """Shared by every evaluation: getting preprocess rows from a raw dataset or a Parquet output."""
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +15,43 @@ def is_parquet_source(src: str) -> bool:
     return p.suffix == ".parquet" or (p.is_dir() and (any(p.glob("part-*.parquet")) or any(p.glob("*.parquet"))))
 
 
+def add_common_arguments(p: argparse.ArgumentParser, model_help: str, formats: str, outputs: str,
+                         splits: bool = True) -> None:
+    """The options every ``facebatch evaluate KIND`` takes."""
+    p.add_argument("--model", required=True, help=model_help)
+    p.add_argument("--input", required=True, help="raw dataset (detected and cropped here) or preprocess Parquet")
+    p.add_argument("--format", default=None, help=f"format of a raw dataset ({formats})")
+    p.add_argument("--output", required=True, help=f"folder for {outputs}")
+    p.add_argument("--labels", default=None, help="labels file when it is not where the format expects it")
+    if splits:
+        p.add_argument("--split", action="append", default=None, help="only rows of this split (repeatable)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N images")
+    p.add_argument("--address", default=None, help="Ray address for preprocessing a raw dataset")
+    p.add_argument("--degrade", default=None, metavar="SPEC",
+                   help="degrade each source image before detection, e.g. scale=0.5 (downscale, antialiased), "
+                        "jpeg=30 (re-encode), blur=1.5 (Gaussian sigma, px); combine with commas. Needs a raw "
+                        "dataset; the SPEC is written into metrics.json")
+
+
+def check_degrade(src: str, degrade: str | None) -> dict | None:
+    """The parsed ``--degrade`` for metrics.json (None without one); a clear error for Parquet input."""
+    from ..degrade import Degradation
+    d = Degradation.parse(degrade)
+    if d.is_identity:
+        return None
+    if is_parquet_source(src):
+        raise ValueError(f"--degrade applies to source images before detection, but --input {src} is a "
+                         "preprocess output (crops already cut); pass the raw dataset with --format")
+    return d.to_dict()
+
+
 def load_rows(src: str, fmt: str | None, outdir: Path, labels: str | None = None, address: str | None = None,
               crop_size: int = 256, splits: list[str] | None = None, limit: int | None = None,
-              all_faces: bool = False) -> list[dict]:
+              all_faces: bool = False, degrade: str | None = None) -> list[dict]:
     """Rows of a preprocess output; a raw dataset is first preprocessed (detect + crop) into
-    ``outdir/preprocess`` (one row per face with ``all_faces``)."""
+    ``outdir/preprocess`` (one row per face with ``all_faces``; each source image degraded by
+    ``degrade`` first, labels moved with it)."""
+    check_degrade(src, degrade)
     if not is_parquet_source(src):
         if not fmt:
             raise ValueError(f"--input {src} is not a preprocess Parquet output, so --format is needed")
@@ -27,8 +60,8 @@ def load_rows(src: str, fmt: str | None, outdir: Path, labels: str | None = None
         from ..preprocess.rows import CropConfig
         pre = outdir / "preprocess"
         run_preprocess(PreprocessConfig(input=src, output=str(pre), format=fmt, labels=labels, limit=limit,
-                                        crop=CropConfig(crop_size=crop_size, all_faces=all_faces), progress="auto"),
-                       address=address)
+                                        crop=CropConfig(crop_size=crop_size, all_faces=all_faces), progress="auto",
+                                        **({"degrade": degrade} if degrade else {})), address=address)
         src = str(pre)
     rows = pq.read_table(src).to_pylist()
     rows.sort(key=lambda r: (r["path"], r["face_index"] if r["face_index"] is not None else -1))

@@ -41,7 +41,7 @@ from ..attributes.gallery import Gallery
 from ..attributes.metrics import make_pairs, top1_accuracy, verification_accuracy
 from ..inference import AttributeHead
 from .attributes import _json_safe, embed_rows
-from .common import has_crop, load_rows, row_batches
+from .common import add_common_arguments, check_degrade, has_crop, load_rows, row_batches
 
 
 def classifier_predictions(head: AttributeHead, rows: list[dict], batch_size: int = 64) -> np.ndarray | None:
@@ -62,13 +62,14 @@ def classifier_predictions(head: AttributeHead, rows: list[dict], batch_size: in
 
 def evaluate_identity(model_name: str, src: str, fmt: str | None, outdir: str, labels: str | None = None,
                       limit: int | None = None, address: str | None = None, gallery_splits=("train",),
-                      probe_splits=("test",), verification_splits=("val",), n_pairs: int = 6000, seed: int = 0) -> dict:
+                      probe_splits=("test",), verification_splits=("val",), n_pairs: int = 6000, seed: int = 0,
+                      degrade: str | None = None) -> dict:
     """Run the identity evaluation and write its files into ``outdir``; returns the metrics."""
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     head = AttributeHead.load(model_name)
     info, meta = head.info, head.meta
-    rows = load_rows(src, fmt, out, labels=labels, address=address, limit=limit)
+    rows = load_rows(src, fmt, out, labels=labels, address=address, limit=limit, degrade=degrade)
     rows = [r for r in rows if (r["face_index"] or 0) <= 0 and r["identity"] is not None]
     if not rows:
         raise ValueError(f"no rows with an identity in {src}; identity evaluation needs celeba, classes or csv data")
@@ -127,6 +128,8 @@ def evaluate_identity(model_name: str, src: str, fmt: str | None, outdir: str, l
     metrics["protocol"] = {"gallery_splits": list(gallery_splits), "probe_splits": list(probe_splits),
                            "verification_splits": list(verification_splits), "n_pairs_requested": n_pairs, "seed": seed}
     metrics = _json_safe(metrics)
+    if degrade:
+        metrics["degrade"] = check_degrade(src, degrade)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     with open(out / "predictions.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -140,18 +143,13 @@ def evaluate_identity(model_name: str, src: str, fmt: str | None, outdir: str, l
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="shipped model name (attributes) or a model file")
-    p.add_argument("--input", required=True, help="raw dataset with identities or preprocess Parquet")
-    p.add_argument("--format", default=None, help="format of a raw dataset (celeba, classes, csv)")
-    p.add_argument("--output", required=True, help="folder for metrics.json and predictions.csv")
-    p.add_argument("--labels", default=None, help="labels file when it is not where the format expects it")
+    add_common_arguments(p, "shipped model name (attributes) or a model file", "celeba, classes, csv",
+                         "metrics.json and predictions.csv", splits=False)
     p.add_argument("--pairs", type=int, default=6000, help="verification pairs to sample (half same, half different)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N images")
-    p.add_argument("--address", default=None, help="Ray address for preprocessing a raw dataset")
 
 
 def run(args: argparse.Namespace) -> int:
     m = evaluate_identity(args.model, args.input, args.format, args.output, labels=args.labels,
-                          limit=args.limit, address=args.address, n_pairs=args.pairs)
+                          limit=args.limit, address=args.address, n_pairs=args.pairs, degrade=args.degrade)
     print(json.dumps(m, indent=2))
     return 0

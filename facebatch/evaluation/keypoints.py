@@ -19,7 +19,8 @@ from ..inference import KeypointHead
 from ..keypoints.metrics import (FACE_FRAME_PX, mae_px, nme_interocular, pck, per_point_table, rmse_norm,
                                  write_table_csv)
 from ..keypoints.schemes import convert_scheme
-from .common import fallback_crop_box, has_crop, labelled_face_rows, load_rows, row_batches
+from .common import (add_common_arguments, check_degrade, fallback_crop_box, has_crop, labelled_face_rows, load_rows,
+                     row_batches)
 
 METRIC_KEYS = ("n_images", "failed", "nme_interocular", "rmse_norm", "mae_px", "pck_5px", "pck_10px", "pck_15px")
 
@@ -34,14 +35,14 @@ def predict_rows(head: KeypointHead, rows: list[dict], batch_size: int = 64) -> 
 
 def evaluate_keypoints(model_name: str, src: str, fmt: str | None, outdir: str, labels: str | None = None,
                        splits: list[str] | None = None, limit: int | None = None, address: str | None = None,
-                       n_pictures: int = 16) -> dict:
+                       n_pictures: int = 16, degrade: str | None = None) -> dict:
     """Run the evaluation and write its files into ``outdir``; returns the metrics."""
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     head = KeypointHead.load(model_name)
     info, meta, scheme = head.info, head.meta, head.scheme
     rows = labelled_face_rows(load_rows(src, fmt, out, labels=labels, address=address, splits=splits, limit=limit,
-                                        all_faces=True))
+                                        all_faces=True, degrade=degrade))
     if not rows:
         raise ValueError(f"no labelled keypoints in {src}; evaluation needs a keypoint format (udacity68, kaggle15)")
     unit = predict_rows(head, rows)
@@ -62,6 +63,8 @@ def evaluate_keypoints(model_name: str, src: str, fmt: str | None, outdir: str, 
         "mae_px": mae_px(unit * FACE_FRAME_PX, tgt_unit * FACE_FRAME_PX),
         **{f"pck_{int(k)}px": v for k, v in pck(unit * FACE_FRAME_PX, tgt_unit * FACE_FRAME_PX).items()},
     }
+    if degrade:
+        metrics["degrade"] = check_degrade(src, degrade)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     write_table_csv(per_point_table(unit * FACE_FRAME_PX, tgt_unit * FACE_FRAME_PX, scheme), out / "evaluation.csv")
     with open(out / "predictions.csv", "w", newline="") as f:
@@ -79,18 +82,12 @@ def evaluate_keypoints(model_name: str, src: str, fmt: str | None, outdir: str, 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="shipped model name (keypoints68, keypoints15) or a model file")
-    p.add_argument("--input", required=True, help="raw dataset (detected and cropped here) or preprocess Parquet")
-    p.add_argument("--format", default=None, help="format of a raw dataset (udacity68, kaggle15, ...)")
-    p.add_argument("--output", required=True, help="folder for metrics.json, predictions.csv, evaluation.csv, plots")
-    p.add_argument("--labels", default=None, help="labels file for udacity68 given an image folder")
-    p.add_argument("--split", action="append", default=None, help="only rows of this split (repeatable)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N images")
-    p.add_argument("--address", default=None, help="Ray address for preprocessing a raw dataset")
+    add_common_arguments(p, "shipped model name (keypoints68, keypoints15) or a model file", "udacity68, kaggle15",
+                         "metrics.json, predictions.csv, evaluation.csv, plots")
 
 
 def run(args: argparse.Namespace) -> int:
     m = evaluate_keypoints(args.model, args.input, args.format, args.output, labels=args.labels,
-                           splits=args.split, limit=args.limit, address=args.address)
+                           splits=args.split, limit=args.limit, address=args.address, degrade=args.degrade)
     print(json.dumps(m, indent=2))
     return 0
