@@ -322,6 +322,11 @@ def test_entrypoint_parses_with_the_facebatch_cli(where, argv, tmp_path, capsys)
         # the job's own --dry-run, on local stand-ins for the bucket (no network here)
         src = tmp_path / "src"
         src.mkdir()
+        udacity = data_dir() / "udacity68" / "training"
+        if not udacity.is_dir():
+            pytest.skip(f"{udacity} absent: the annotate --dry-run needs a few real images")
+        for img in sorted(udacity.iterdir())[:2]:
+            (src / img.name).symlink_to(img)
         cli = [a for a in cli]
         cli[cli.index("--input") + 1] = str(src)
         cli[cli.index("--output") + 1] = str(tmp_path / "dst")
