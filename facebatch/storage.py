@@ -17,7 +17,7 @@ def is_remote(uri: str) -> bool:
 
 
 def storage_options(endpoint_url: str | None = None) -> dict[str, Any]:
-    """s3fs options from an explicit endpoint or the environment (empty for AWS defaults)."""
+    """s3fs options from an explicit endpoint or the environment, with short botocore retries."""
     endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     opts: dict[str, Any] = {}
     # Forward the driver's credentials so Ray workers on other nodes use the same ones;
@@ -27,6 +27,9 @@ def storage_options(endpoint_url: str | None = None) -> dict[str, Any]:
             opts[opt] = os.environ[env]
     if endpoint:
         opts["client_kwargs"] = {"endpoint_url": endpoint}
+    # botocore's own retries stay short (3 attempts, about 3 s); longer outages are retried by the
+    # jobs with backoff for --retry-seconds (facebatch.preprocess.shards.call_with_retries)
+    opts["config_kwargs"] = {"retries": {"max_attempts": 3, "mode": "standard"}}
     return opts
 
 
@@ -44,8 +47,38 @@ def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
 
 
+def _endpoint(options: dict[str, Any] | None) -> str:
+    ep = ((options or {}).get("client_kwargs") or {}).get("endpoint_url")
+    return ep or "AWS S3 (default endpoint)"
+
+
+def storage_error_message(exc: BaseException, uri: str, options: dict[str, Any] | None = None) -> str | None:
+    """One line for an S3 failure a user can fix (no credentials, endpoint unreachable), else ``None``.
+
+    Names the endpoint and the setting to change; the caller raises it as a ``ValueError``
+    (exit 2, no traceback)."""
+    if not is_remote(uri):
+        return None
+    from .preprocess.shards import _chain, is_transient
+    names = {c.__name__ for e in _chain(exc) for c in type(e).__mro__}
+    ep = _endpoint(options)
+    if names & {"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"}:
+        return (f"no S3 credentials for {uri} (endpoint {ep}): set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                f"(or AWS_PROFILE)")
+    text = " ".join(str(e) for e in _chain(exc))
+    if names & {"EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError"} or \
+            (is_transient(exc) and not (names & {"ClientError"})):
+        return (f"cannot reach the S3 endpoint {ep} for {uri} ({type(exc).__name__}: {text[:160]}); "
+                f"check --s3-endpoint-url / AWS_ENDPOINT_URL and that the server is up")
+    if any(t in text for t in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "Forbidden")):
+        return (f"S3 refused access to {uri} (endpoint {ep}): {text[:160]}; check AWS_ACCESS_KEY_ID, "
+                f"AWS_SECRET_ACCESS_KEY and the bucket's permissions")
+    return None
+
+
 def check_writable(uri: str, options: dict[str, Any] | None = None) -> None:
-    """Create the output folder and write and delete a probe file, or raise ``PermissionError`` naming it."""
+    """Create the output folder and write and delete a probe file, or raise ``PermissionError`` naming it
+    (``ValueError`` with the endpoint and variable to set for S3 credential or connection problems)."""
     fs, path = filesystem(uri, options)
     probe = join(path, "_facebatch_write_probe")
     try:
@@ -54,6 +87,9 @@ def check_writable(uri: str, options: dict[str, Any] | None = None) -> None:
             f.write(b"ok")
         fs.rm(probe)
     except Exception as exc:
+        msg = storage_error_message(exc, uri, options)
+        if msg:
+            raise ValueError(msg) from None
         raise PermissionError(f"cannot write to output {uri!r}: {type(exc).__name__}: {exc}. "
                               "Choose a folder or bucket you can write to (--output).") from None
 

@@ -6,6 +6,7 @@ your endpoint and credentials, or let fsspec build one from the URI).
 """
 from __future__ import annotations
 
+import contextvars
 import io
 import logging
 import os
@@ -14,7 +15,7 @@ import tempfile
 from typing import Any, Callable
 
 from facebatch.formats.base import (
-    InputRecord, find_images, is_local, join, read_text, relative_parts, require_exists,
+    IMAGE_EXTENSIONS, InputRecord, is_local, join, read_text, relative_parts, require_exists,
     resolve_fs, sort_records, to_uri,
 )
 from facebatch.formats.kaggle15 import iter_kaggle15_rows
@@ -36,6 +37,75 @@ SPLIT_DIRS = {"train_dataset": "train", "test_dataset": "test", "train": "train"
 CONTAINER_DIRS = {"img_align_celeba", "img_celeba", "images", "imgs", "files"}
 
 Labels = tuple[Any, str] | None  # (filesystem, path) of the --labels file
+
+#: extensions the lister takes as images (the decoder reads all of them, GIF's first frame too)
+LISTED_EXTENSIONS = tuple(IMAGE_EXTENSIONS) + (".gif",)
+#: how many skipped names a listing keeps as examples
+SKIPPED_EXAMPLES = 5
+
+
+class Listing:
+    """What a listing saw besides its records: skipped files (by reason, with the first few names)
+    and each listed file's fsspec info (size, mtime or ETag) for input hashes."""
+
+    def __init__(self) -> None:
+        self.skipped: dict[str, int] = {}
+        self.examples: list[str] = []
+        self.info: dict[str, dict] = {}
+
+    def skip(self, reason: str, uri: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+        if len(self.examples) < SKIPPED_EXAMPLES:
+            self.examples.append(uri)
+
+    def report(self) -> dict:
+        """``{"count": n, "by_reason": {...}, "examples": [...]}`` for the job summary."""
+        return {"count": sum(self.skipped.values()), "by_reason": dict(sorted(self.skipped.items())),
+                "examples": list(self.examples)}
+
+
+_LISTING: contextvars.ContextVar[Listing | None] = contextvars.ContextVar("facebatch_listing", default=None)
+
+
+def _note_skip(reason: str, uri: str) -> None:
+    lst = _LISTING.get()
+    if lst is not None:
+        lst.skip(reason, uri)
+
+
+def find_images(fs: Any, root: str, ignore: tuple[str, ...] = ()) -> list[str]:
+    """All image files below ``root`` (recursive, fs paths), sorted; everything else is counted as
+    skipped in the current :class:`Listing` (hidden files and folders, ``__MACOSX``, other
+    extensions), except the label files named in ``ignore`` (basenames)."""
+    lst = _LISTING.get()
+    found = fs.find(root, detail=True)
+    out = []
+    for p, info in found.items():
+        if info.get("type") == "directory":
+            continue
+        base = posixpath.basename(p)
+        parts = relative_parts(root, p)
+        if any(d.startswith(".") or d == "__MACOSX" for d in parts) or base.startswith("."):
+            _note_skip("hidden", to_uri(fs, p))
+        elif not base.lower().endswith(LISTED_EXTENSIONS):
+            if base not in ignore:
+                _note_skip("not an image extension", to_uri(fs, p))
+        else:
+            out.append(p)
+            if lst is not None:
+                lst.info[to_uri(fs, p)] = info
+    return sorted(out)
+
+
+def list_inputs(source: str, fmt: str, labels: str | None = None,
+                filesystem: Any = None) -> tuple[list[InputRecord], Listing]:
+    """:func:`list_records` plus what the listing skipped and the listed files' info."""
+    lst = Listing()
+    token = _LISTING.set(lst)
+    try:
+        return list_records(source, fmt, labels, filesystem), lst
+    finally:
+        _LISTING.reset(token)
 
 
 def list_records(source: str, fmt: str, labels: str | None = None,
@@ -147,6 +217,7 @@ def _classes(fs: Any, root: str, lab: Labels) -> list[InputRecord]:
         parts = relative_parts(root, p)
         if not parts:
             loose += 1
+            _note_skip("in no class folder", to_uri(fs, p))
             continue
         out.append(InputRecord(path=to_uri(fs, p), identity=parts[0], person=parts[0]))
     if loose:
@@ -233,6 +304,8 @@ def _udacity68(fs: Any, root: str, lab: Labels) -> list[InputRecord]:
             out.append(InputRecord(path=to_uri(fs, p), keypoints=kp, keypoint_scheme="ibug68",
                                    identity=person, person=person, split=split))
         unlabelled = len(present) - (len(table) - missing)
+        for name in sorted(set(present) - set(table)):
+            _note_skip("no labels", to_uri(fs, present[name]))
         if missing or unlabelled:
             log.warning("%s: %d labelled images missing from %s, %d images without labels (skipped)",
                         to_uri(lfs, csv_path), missing, to_uri(fs, img_dir), unlabelled)
@@ -264,7 +337,7 @@ def _genki(fs: Any, root: str, lab: Labels) -> list[InputRecord]:
     require_exists(lfs, lpath, "GENKI labels.txt", "expected beside files/; or pass --labels")
     img_dir = join(root, "files") if fs.isdir(join(root, "files")) else root
     entries = parse_genki_labels(read_text(lfs, lpath), to_uri(lfs, lpath))
-    present = set(find_images(fs, img_dir))
+    present = set(find_images(fs, img_dir, ignore=(posixpath.basename(lpath),)))
     out, missing = [], 0
     for n, smile in entries:
         stem = f"file{n:04d}"
@@ -273,6 +346,9 @@ def _genki(fs: Any, root: str, lab: Labels) -> list[InputRecord]:
             missing += 1
             continue
         out.append(InputRecord(path=to_uri(fs, p), attributes={"smile": smile}, person=stem))
+    used = {join(img_dir, f"file{n:04d}.jpg") for n, _ in entries}
+    for p in sorted(present - used):
+        _note_skip("no labels", to_uri(fs, p))
     if missing:
         log.warning("%s: %d labelled images missing from %s", to_uri(lfs, lpath), missing, to_uri(fs, img_dir))
     return out
@@ -288,11 +364,13 @@ def _celeba(fs: Any, root: str, lab: Labels) -> list[InputRecord]:
         p = join(posixpath.dirname(lpath), fname)
         side[key] = parse_celeba_mapping(read_text(lfs, p)) if lfs.exists(p) else {}
     out, unlabelled = [], 0
-    for p in find_images(fs, root):
+    label_files = (posixpath.basename(lpath), "identity_CelebA.txt", "list_eval_partition.txt")
+    for p in find_images(fs, root, ignore=label_files):
         base = posixpath.basename(p)
         a = attrs.get(base)
         if a is None:
             unlabelled += 1
+            _note_skip("no labels", to_uri(fs, p))
             continue
         parts = relative_parts(root, p)
         named = [d for d in parts if d.lower() not in SPLIT_DIRS and d.lower() not in CONTAINER_DIRS]

@@ -17,11 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 
 from ..commands.detect import add_detector_arguments
 from ..detection import DetectorConfig
 from .config import PROGRESS_MODES, PreprocessConfig
 from .rows import CropConfig
+from .shards import RETRY_ON_RESUME
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -49,16 +51,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--val-fraction", type=float, default=cfg.val_fraction,
                    help="share of persons in the 'val' split where the dataset defines none")
     r.add_argument("--max-failure-rate", type=float, default=cfg.max_failure_rate,
-                   help="exit with status 3 when more than this share of inputs fail to read or decode")
-    r.add_argument("--resume", action="store_true", help="skip parts that a previous run finished")
-    r.add_argument("--limit", type=int, default=None, help="only the first N inputs (sorted), for a trial run")
+                   help="exit with status 3 when more than this share of inputs fail to read or decode "
+                        "(any failure is also warned about in the summary)")
+    r.add_argument("--resume", action="store_true",
+                   help="skip parts a previous run finished whose inputs are unchanged; redo parts whose inputs "
+                        "changed and parts with read_error/detect_error rows")
+    r.add_argument("--limit", type=int, default=None, help="only the first N inputs (sorted, N >= 1), for a trial run")
     r.add_argument("--workers", type=int, default=None, help="detection actors (default: from the cluster's CPUs/GPUs)")
     r.add_argument("--cpus-per-worker", type=float, default=None, help="CPUs per detection actor (default: from the cluster)")
     r.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per detection actor (0 = CPU)")
     r.add_argument("--s3-endpoint-url", default=None, help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL)")
     r.add_argument("--progress", choices=PROGRESS_MODES, default="auto",
                    help="auto: a bar in a terminal, a line every --log-every seconds otherwise")
-    r.add_argument("--log-every", type=float, default=cfg.log_every, help="seconds between progress lines")
+    r.add_argument("--log-every", type=float, default=cfg.log_every,
+                   help="seconds between progress lines; a line also comes when nothing finished, saying what the job waits for")
+    r.add_argument("--retry-seconds", type=float, default=cfg.retry_s,
+                   help="retry transient storage errors (connection refused/reset, timeouts, 5xx, SlowDown) "
+                        "with backoff for this long per read or write")
     r.add_argument("--random-weights", action="store_true", help=argparse.SUPPRESS)  # benchmarks only
 
 
@@ -72,23 +81,55 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
         shard_size=args.shard_size, max_pixels=args.max_pixels, val_fraction=args.val_fraction,
         max_failure_rate=args.max_failure_rate, resume=args.resume, limit=args.limit, workers=args.workers,
         cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
-        s3_endpoint_url=args.s3_endpoint_url, progress=args.progress, log_every=args.log_every)
+        s3_endpoint_url=args.s3_endpoint_url, progress=args.progress, log_every=args.log_every,
+        retry_s=args.retry_seconds)
 
 
 def print_summary(s: dict, stream=sys.stdout) -> None:
     print("\n== facebatch preprocess summary ==", file=stream)
     print(f"inputs {s['inputs']}  rows {s['rows']}  (rows in files {s['rows_in_files']}, check {s['rows_check']})", file=stream)
     print("by status: " + ", ".join(f"{k} {v}" for k, v in s["status_counts"].items()), file=stream)
+    sk = s.get("skipped") or {}
+    if sk.get("count"):
+        print(f"skipped by the lister: {sk['count']} files (" + ", ".join(f"{k} {v}" for k, v in sk["by_reason"].items())
+              + "), e.g. " + ", ".join(sk["examples"][:3]), file=stream)
+    else:
+        print("skipped by the lister: 0 files", file=stream)
     print(f"wall {s['wall_s']} s  processing {s['processing_s']} s  images/s {s['images_per_s']}  "
-          f"shards {s['shards']} (skipped on resume: {s['shards_skipped_resume']})", file=stream)
+          f"shards {s['shards']} (skipped on resume: {s['shards_skipped_resume']})"
+          + (f"  storage retries {s['retries']}" if s.get("retries") else ""), file=stream)
+    if s.get("failed"):
+        retryable = sum(v for k, v in s["status_counts"].items() if k in RETRY_ON_RESUME)
+        print(f"WARNING: {s['failed']} of {s['inputs']} inputs failed ({s['failure_rate']:.1%})"
+              + (f"; {retryable} could succeed on a retry: rerun with --resume" if retryable else ""), file=stream)
     print("stage seconds (summed over workers): " + json.dumps(s["stage_s"]), file=stream)
     print(f"summary: {s['output'].rstrip('/')}/_summary.json", file=stream)
 
 
 def run(args: argparse.Namespace) -> int:
-    from .pipeline import run_preprocess
-    cfg = config_from_args(args)
-    summary = run_preprocess(cfg, address=args.address, random_weights=args.random_weights)
+    """Run the job; expected failures print one line (``-v``: with the traceback), no raw traceback:
+    bad options/inputs/storage exit 2, a run stopped part-way exits 1, Ctrl-C exits 130."""
+    from .pipeline import Interrupted, JobFailed, run_preprocess
+    from .shards import OutputCheckError
+    verbose = getattr(args, "verbose", False)
+    try:
+        cfg = config_from_args(args)
+        summary = run_preprocess(cfg, address=args.address, random_weights=args.random_weights)
+    except (ValueError, FileNotFoundError, PermissionError):
+        if verbose:
+            traceback.print_exc()
+        raise  # the top-level command prints the one-line error, exit 2
+    except (JobFailed, OutputCheckError) as exc:
+        if verbose:
+            traceback.print_exc()
+        print(f"facebatch preprocess: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as exc:
+        if verbose:
+            traceback.print_exc()
+        msg = str(exc) if isinstance(exc, Interrupted) else "interrupted; rerun the same command with --resume"
+        print(f"\nfacebatch preprocess: {msg}", file=sys.stderr)
+        return 130
     print_summary(summary)
     if summary["failure_rate"] > cfg.max_failure_rate:
         print(f"facebatch preprocess: {summary['failed']} of {summary['inputs']} inputs failed "

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field
 
 from ..detection import BACKENDS, DetectorConfig
@@ -25,15 +26,17 @@ class PreprocessConfig:
         shard_size: inputs per output part; parts are numbered from the sorted inputs.
         max_pixels: images with more pixels get ``too_large`` without being decoded.
         val_fraction: share of persons put in the ``val`` split where a dataset has no split.
-        max_failure_rate: exit non-zero when more than this share of inputs fail.
-        resume: skip parts whose done-marker exists.
-        limit: only the first N sorted inputs (for trials).
+        max_failure_rate: exit non-zero when more than this share of inputs fail (default 5%).
+        resume: skip parts whose done-marker exists with the same inputs hash and no retryable failures.
+        limit: only the first N sorted inputs (for trials); at least 1.
         workers: detection actors (default: sized from the cluster).
         cpus_per_worker: CPUs reserved per detection actor (default: sized from the cluster).
         gpus_per_worker: GPUs per detection actor (0: CPU detection).
         s3_endpoint_url: S3-compatible endpoint (default: ``$AWS_ENDPOINT_URL``).
         progress: ``auto`` (bar in a terminal, lines in logs), ``bar``, ``log`` or ``none``.
-        log_every: seconds between progress lines in ``log`` mode.
+        log_every: seconds between progress lines in ``log`` mode (also a heartbeat while waiting).
+        retry_s: how long transient storage errors (connection refused/reset, timeouts, 5xx,
+            SlowDown) are retried with backoff, per read or write, before they count as failures.
     """
 
     input: str
@@ -45,7 +48,7 @@ class PreprocessConfig:
     shard_size: int = 64
     max_pixels: int = DEFAULT_MAX_PIXELS
     val_fraction: float = 0.1
-    max_failure_rate: float = 1.0
+    max_failure_rate: float = 0.05
     resume: bool = False
     limit: int | None = None
     workers: int | None = None
@@ -54,6 +57,7 @@ class PreprocessConfig:
     s3_endpoint_url: str | None = None
     progress: str = "auto"
     log_every: float = 10.0
+    retry_s: float = 120.0
 
     def validate(self) -> "PreprocessConfig":
         from ..formats.sources import FORMATS
@@ -73,12 +77,25 @@ class PreprocessConfig:
             raise ValueError(f"--max-failure-rate must be in [0, 1], got {self.max_failure_rate}")
         if self.progress not in PROGRESS_MODES:
             raise ValueError(f"--progress must be one of {PROGRESS_MODES}, got {self.progress!r}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit must be at least 1, got {self.limit} (leave it out to process every input)")
+        if self.log_every <= 0:
+            raise ValueError(f"--log-every must be positive, got {self.log_every}")
+        if self.retry_s < 0:
+            raise ValueError(f"--retry-seconds must be >= 0, got {self.retry_s}")
+        if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
+            raise ValueError(f"--cpus-per-worker must be positive, got {self.cpus_per_worker}")
+        dev = str(self.detector.device)
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", dev):
+            raise ValueError(f"unknown --device {dev!r}; use cpu, cuda or cuda:N")
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"--workers must be at least 1, got {self.workers}")
         if self.gpus_per_worker < 0:
             raise ValueError(f"--gpus-per-worker must be >= 0, got {self.gpus_per_worker}")
         if self.gpus_per_worker > 0 and self.detector.device == "cpu":
             self.detector.device = "cuda"
+        if self.detector.device.startswith("cuda") and self.gpus_per_worker == 0:
+            self.gpus_per_worker = 1.0  # a CUDA detector needs a GPU reserved for its actor
         return self
 
     def to_dict(self) -> dict:
@@ -88,24 +105,41 @@ class PreprocessConfig:
         """The options that change rows; a resumed run must match the first run on these."""
         d = self.to_dict()
         for k in ("resume", "workers", "cpus_per_worker", "gpus_per_worker", "progress", "log_every",
-                  "max_failure_rate", "s3_endpoint_url"):
+                  "max_failure_rate", "s3_endpoint_url", "retry_s"):
             d.pop(k)
         d["detector"] = {k: v for k, v in d["detector"].items() if k not in ("device", "batch_size", "weights_dir")}
         return d
 
 
-def plan_workers(cfg: PreprocessConfig, cluster_cpus: float, cluster_gpus: float) -> tuple[int, float, int]:
+def plan_workers(cfg: PreprocessConfig, cluster_cpus: float, cluster_gpus: float,
+                 node_cpus: float | None = None) -> tuple[int, float, int]:
     """``(actors, cpus per actor, torch threads per actor)`` that leave CPU for the read tasks.
 
     On CPU each actor runs one torch thread (``--cpus-per-worker 2`` gives two); the pool
     gets one actor per core, and a tenth of the cluster's CPUs (at least half a core) is
     kept free for the read and decode tasks so they cannot be starved.
+
+    Raises ``ValueError`` (before any work) when the actors cannot all be placed: a CUDA
+    device on a cluster without GPUs, more CPUs per actor than the largest node
+    (``node_cpus``) has, or a pool larger than the cluster. Ray would wait for them forever.
     """
+    largest = node_cpus if node_cpus is not None else cluster_cpus
+    if cfg.cpus_per_worker is not None and cfg.cpus_per_worker > largest:
+        raise ValueError(f"--cpus-per-worker {cfg.cpus_per_worker:g} but the largest node has {largest:g} CPUs "
+                         f"(cluster: {cluster_cpus:g}); choose at most {largest:g}")
     if cfg.gpus_per_worker > 0:
-        n = cfg.workers or max(1, int(cluster_gpus // cfg.gpus_per_worker))
+        if cluster_gpus <= 0:
+            raise ValueError(f"--device {cfg.detector.device} but the cluster has no GPUs; use --device cpu")
         if cluster_gpus < cfg.gpus_per_worker:
             raise ValueError(f"--gpus-per-worker {cfg.gpus_per_worker} but the cluster has {cluster_gpus} GPUs")
+        n = cfg.workers or max(1, int(cluster_gpus // cfg.gpus_per_worker))
+        if n * cfg.gpus_per_worker > cluster_gpus + 1e-9:
+            raise ValueError(f"--workers {n} x --gpus-per-worker {cfg.gpus_per_worker:g} needs more than the "
+                             f"cluster's {cluster_gpus:g} GPUs")
         return n, cfg.cpus_per_worker or 1.0, max(1, int(cfg.cpus_per_worker or 1))
+    if cfg.workers and cfg.cpus_per_worker and cfg.workers * cfg.cpus_per_worker > cluster_cpus + 1e-9:
+        raise ValueError(f"--workers {cfg.workers} x --cpus-per-worker {cfg.cpus_per_worker:g} needs more than "
+                         f"the cluster's {cluster_cpus:g} CPUs")
     n = cfg.workers or max(1, int(round(cluster_cpus)))
     reserve = max(0.5, 0.1 * cluster_cpus)
     cpw = cfg.cpus_per_worker or max(0.1, math.floor((cluster_cpus - reserve) / n * 100) / 100)
