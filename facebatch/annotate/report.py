@@ -1,0 +1,119 @@
+"""``report.html`` of one annotate run: counts by status, histograms of face size and of each
+attribute score, and a contact sheet of up to 48 faces with their 68 keypoints and labels.
+
+Self-contained HTML (inline SVG histograms, the sheet as an embedded PNG), no plotting library.
+The sheet re-reads the sampled photos (crops are not stored by default).
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image, ImageDraw
+
+from ..storage import filesystem, join
+from . import state as ST
+
+SHEET_FACES = 48
+TILE = 160
+
+
+def _hist_svg(values: np.ndarray, title: str, bins: int = 20, rng=None, w: int = 360, h: int = 160) -> str:
+    values = values[np.isfinite(values)]
+    if len(values) == 0:
+        return f"<div class='h'><b>{html.escape(title)}</b><p>no values</p></div>"
+    counts, edges = np.histogram(values, bins=bins, range=rng)
+    top = max(1, counts.max())
+    bw = (w - 40) / bins
+    bars = "".join(
+        f"<rect x='{30 + i * bw:.1f}' y='{h - 20 - c / top * (h - 40):.1f}' width='{bw - 1:.1f}' "
+        f"height='{c / top * (h - 40):.1f}' fill='#4a78b5'><title>{edges[i]:.3g}-{edges[i + 1]:.3g}: {c}</title></rect>"
+        for i, c in enumerate(counts))
+    axis = (f"<text x='30' y='{h - 5}' font-size='10'>{edges[0]:.3g}</text>"
+            f"<text x='{w - 40}' y='{h - 5}' font-size='10'>{edges[-1]:.3g}</text>"
+            f"<text x='2' y='20' font-size='10'>{top}</text>")
+    return (f"<div class='h'><b>{html.escape(title)}</b> (n={len(values)})<br><svg width='{w}' height='{h}'>"
+            f"{bars}{axis}</svg></div>")
+
+
+def _sheet(rows: list[dict], attrs: list[str], options: dict) -> str:
+    from .decode import decode_scaled
+    cols = 8
+    n = len(rows)
+    if n == 0:
+        return "<p>no faces</p>"
+    sheet = Image.new("RGB", (cols * TILE, math.ceil(n / cols) * (TILE + 28)), "white")
+    draw = ImageDraw.Draw(sheet)
+    cache: dict[str, np.ndarray | None] = {}
+    for k, r in enumerate(rows):
+        x0, y0 = (k % cols) * TILE, (k // cols) * (TILE + 28)
+        if r["path"] not in cache:
+            try:
+                fs, p = filesystem(r["path"], options)
+                with fs.open(p, "rb") as f:
+                    cache[r["path"]] = decode_scaled(f.read(), max_side=None).image
+            except Exception:
+                cache[r["path"]] = None
+        img = cache[r["path"]]
+        if img is None:
+            continue
+        l, t, rr, b = (int(round(v)) for v in r["crop_box"])
+        tile = Image.fromarray(img).crop((l, t, rr, b)).resize((TILE, TILE), Image.BILINEAR)
+        sheet.paste(tile, (x0, y0))
+        side = max(1.0, rr - l)
+        kp = r.get("keypoints68")
+        if kp:
+            pts = (np.asarray(kp, np.float32).reshape(-1, 2) - [l, t]) / side * TILE
+            for px, py in pts:
+                draw.ellipse([x0 + px - 1.5, y0 + py - 1.5, x0 + px + 1.5, y0 + py + 1.5], fill=(0, 255, 0))
+        lab = " ".join(a for a in attrs if r.get(f"{a}_label"))
+        ident = r.get("identity")
+        draw.text((x0 + 3, y0 + TILE + 2), (lab or "-") + (f" {ident}" if ident else ""), fill="black")
+        draw.text((x0 + 3, y0 + TILE + 14), f"{int(r['face_size'])}px #{r['face_index']}", fill="gray")
+    buf = io.BytesIO()
+    sheet.save(buf, format="PNG")
+    return f"<img alt='contact sheet' src='data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}'>"
+
+
+def write_report(dst: str, folder: str, summary: dict, options: dict) -> str:
+    """Write ``folder/report.html`` (``folder`` in the output filesystem); returns its path."""
+    fs, _ = filesystem(dst, options)
+    tables = []
+    for p in ST.run_parts(fs, folder):
+        with fs.open(p, "rb") as f:
+            tables.append(pq.read_table(f))
+    attrs = summary.get("attributes") or []
+    parts = [f"<h1>facebatch annotate run {html.escape(summary['run_id'])}</h1>",
+             f"<p>input {html.escape(str(summary['input']))}, listed {summary['listed']}: new {summary['new']}, "
+             f"changed {summary['changed']}, unchanged {summary['unchanged']}, deleted {summary['deleted']}; "
+             f"processed {summary['processed']} in {summary['wall_s']} s ({summary['images_per_s']} images/s)</p>",
+             "<h2>Counts by status</h2><table><tr><th>status</th><th>inputs</th></tr>" +
+             "".join(f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in summary["status_counts"].items()) +
+             "</table>"]
+    if tables:
+        t = pa.concat_tables(tables, promote_options="default")
+        ok = t.filter(pa.compute.equal(t["status"], "ok"))
+        parts.append("<h2>Histograms</h2>")
+        parts.append(_hist_svg(np.asarray(ok["face_size"].to_numpy(zero_copy_only=False), float), "face size (px)"))
+        for a in attrs:
+            if a in ok.column_names:
+                parts.append(_hist_svg(np.asarray(ok[a].to_numpy(zero_copy_only=False), float), f"{a} score",
+                                       rng=(0.0, 1.0)))
+        rows = ok.to_pylist()
+        rng = np.random.default_rng(0)
+        pick = sorted(rng.choice(len(rows), size=min(SHEET_FACES, len(rows)), replace=False)) if rows else []
+        parts.append(f"<h2>{len(pick)} sample faces</h2>")
+        parts.append(_sheet([rows[i] for i in pick], attrs, options))
+    body = "\n".join(parts)
+    doc = ("<!doctype html><html><head><meta charset='utf-8'><title>facebatch annotate report</title><style>"
+           "body{font-family:sans-serif;margin:1em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
+           "padding:2px 8px}.h{display:inline-block;margin:6px}</style></head><body>" + body + "</body></html>")
+    path = join(folder, "report.html")
+    with fs.open(path, "w") as f:
+        f.write(doc)
+    return path
