@@ -210,7 +210,7 @@ def test_concurrent_clients_get_the_sequential_answers_in_real_batches(server, p
     sequential = [post(data=d).json() for d in datas]
     before = requests.get(URL + "/v1/stats", headers=AUTH, timeout=30).json()["model"]["batch_sizes"]
 
-    with ThreadPoolExecutor(16) as pool, requests.Session() as _:
+    with ThreadPoolExecutor(16) as pool:
         rs = list(pool.map(lambda i: (i % 16, post(data=datas[i % 16])), range(64)))
     assert [r.status_code for _, r in rs] == [200] * 64
     for i, r in rs:
