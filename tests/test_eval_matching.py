@@ -44,3 +44,28 @@ def test_evaluate_keypoints_scores_the_labelled_face_in_a_group_photo(ray_sessio
     m = evaluate_keypoints("keypoints68", str(root), "udacity68", str(tmp_path / "ev"))
     assert m["n_images"] == 4 and m["failed"] == 0
     assert m["nme_interocular"] < 0.08, m  # scoring the CelebA face instead would be far above 0.3
+
+
+def test_evaluate_with_degrade_moves_labels_and_records_the_spec(ray_session, udacity_root, tmp_path):
+    """--degrade scale=0.5 halves the images before detection; labels follow, so the NME stays sane,
+    and the spec is in metrics.json. Parquet input is refused."""
+    import json
+
+    import pytest
+
+    from conftest import udacity_layout
+    from facebatch.evaluation.keypoints import evaluate_keypoints
+    root = udacity_layout(tmp_path / "u", udacity_root, lambda body: body[::500][:6])
+    m = evaluate_keypoints("keypoints68", str(root), "udacity68", str(tmp_path / "ev"), degrade="scale=0.5")
+    assert m["degrade"]["scale"] == 0.5 and m["n_images"] == 6
+    assert m["nme_interocular"] < 0.12, m
+    pre = tmp_path / "ev" / "preprocess"
+    import pyarrow.parquet as pq
+    t = pq.read_table(str(pre), columns=["path", "width", "keypoints"]).to_pylist()
+    from PIL import Image
+    for r in t:
+        w0 = Image.open(r["path"]).width
+        assert r["width"] == round(w0 * 0.5)
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["degrade"]["spec"] == "scale=0.5"
+    with pytest.raises(ValueError, match="preprocess output"):
+        evaluate_keypoints("keypoints68", str(pre), None, str(tmp_path / "ev2"), degrade="jpeg=30")

@@ -61,7 +61,7 @@ def load_rows(src: str, fmt: str | None, outdir: Path, labels: str | None = None
         pre = outdir / "preprocess"
         run_preprocess(PreprocessConfig(input=src, output=str(pre), format=fmt, labels=labels, limit=limit,
                                         crop=CropConfig(crop_size=crop_size, all_faces=all_faces), progress="auto",
-                                        **({"degrade": degrade} if degrade else {})), address=address)
+                                        degrade=degrade), address=address)
         src = str(pre)
     rows = pq.read_table(src).to_pylist()
     rows.sort(key=lambda r: (r["path"], r["face_index"] if r["face_index"] is not None else -1))

@@ -68,6 +68,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--retry-seconds", type=float, default=cfg.retry_s,
                    help="retry transient storage errors (connection refused/reset, timeouts, 5xx, SlowDown) "
                         "with backoff for this long per read or write")
+    r.add_argument("--degrade", default=None, metavar="SPEC",
+                   help="degrade every image before detection (robustness checks), e.g. scale=0.5,jpeg=30,blur=1.5; "
+                        "sizes, boxes and labels are then in the degraded image's pixels")
     r.add_argument("--random-weights", action="store_true", help=argparse.SUPPRESS)  # benchmarks only
 
 
@@ -82,7 +85,7 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
         max_failure_rate=args.max_failure_rate, resume=args.resume, limit=args.limit, workers=args.workers,
         cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
         s3_endpoint_url=args.s3_endpoint_url, progress=args.progress, log_every=args.log_every,
-        retry_s=args.retry_seconds)
+        retry_s=args.retry_seconds, degrade=args.degrade)
 
 
 def print_summary(s: dict, stream=sys.stdout) -> None:

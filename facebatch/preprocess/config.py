@@ -37,6 +37,8 @@ class PreprocessConfig:
         log_every: seconds between progress lines in ``log`` mode (also a heartbeat while waiting).
         retry_s: how long transient storage errors (connection refused/reset, timeouts, 5xx,
             SlowDown) are retried with backoff, per read or write, before they count as failures.
+        degrade: a :mod:`facebatch.degrade` spec (``scale=0.5,jpeg=30``) applied to every decoded
+            image before detection, labels moved with it (robustness evaluation); ``None`` = off.
     """
 
     input: str
@@ -58,6 +60,7 @@ class PreprocessConfig:
     progress: str = "auto"
     log_every: float = 10.0
     retry_s: float = 120.0
+    degrade: str | None = None
 
     def validate(self) -> "PreprocessConfig":
         from ..formats.sources import FORMATS
@@ -81,6 +84,10 @@ class PreprocessConfig:
             raise ValueError(f"--limit must be at least 1, got {self.limit} (leave it out to process every input)")
         if self.log_every <= 0:
             raise ValueError(f"--log-every must be positive, got {self.log_every}")
+        if self.degrade is not None:
+            from ..degrade import Degradation
+            d = Degradation.parse(self.degrade)
+            self.degrade = None if d.is_identity else str(d)
         if self.retry_s < 0:
             raise ValueError(f"--retry-seconds must be >= 0, got {self.retry_s}")
         if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:

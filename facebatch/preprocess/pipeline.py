@@ -95,12 +95,28 @@ def read_and_decode(record, split: str, max_pixels: int, options: dict,
     return base, res.image
 
 
-def _read_decode_shard(row: dict, max_pixels: int, options: dict, retry_s: float) -> dict:
+def degrade_input(record, base: dict, image, spec: str | None):
+    """Apply ``--degrade`` to a decoded image: ``(record with labels moved, base with the new size, image)``."""
+    if image is None or not spec:
+        return record, base, image
+    import dataclasses
+
+    import numpy as np
+
+    from ..degrade import Degradation
+    image, (sx, sy) = Degradation.parse(spec).apply(image)
+    if record.keypoints is not None:
+        record = dataclasses.replace(record, keypoints=np.asarray(record.keypoints, np.float32) * np.float32([sx, sy]))
+    return record, {**base, S.WIDTH: image.shape[1], S.HEIGHT: image.shape[0]}, image
+
+
+def _read_decode_shard(row: dict, max_pixels: int, options: dict, retry_s: float, degrade: str | None = None) -> dict:
     t0 = time.perf_counter()
     items = pickle.loads(row["records"])
     counter = {"retries": 0}
     policy = RetryPolicy(budget_s=retry_s)
-    out = [(rec, *read_and_decode(rec, split, max_pixels, options, policy, counter)) for rec, split in items]
+    out = [degrade_input(rec, *read_and_decode(rec, split, max_pixels, options, policy, counter), degrade)
+           for rec, split in items]
     return {"shard_id": row["shard_id"], "payload": pickle.dumps(out, protocol=5),
             "decode_s": time.perf_counter() - t0, "read_retries": counter["retries"],
             "inputs_sha256": row["inputs_sha256"]}
@@ -444,7 +460,7 @@ def _run_pipeline(cfg, shards, hashes, todo, n, cpw, threads, metadata, options,
              for i in todo]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map(_read_decode_shard, fn_kwargs={"max_pixels": cfg.max_pixels, "options": options,
-                                               "retry_s": cfg.retry_s}, num_cpus=0.25)
+                                               "retry_s": cfg.retry_s, "degrade": cfg.degrade}, num_cpus=0.25)
     # max_restarts=0: Ray Data passes the actor's constructor arguments by reference, and an actor
     # with such arguments and restarts on logs an ERROR line on every run (ray issue 53727). A lost
     # actor instead fails this pass, and the driver reruns the shards without a result.
