@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import tempfile
 import time
 
@@ -133,8 +134,11 @@ def train_loop_per_worker(config: dict) -> None:
             best_state = {k: v.detach().cpu().clone() for k, v in raw.state_dict().items()}
         stop = cfg.patience > 0 and bad_epochs >= cfg.patience
         if rank == 0:
-            print(f"[facebatch train] epoch {epoch + 1}/{cfg.epochs} " + " ".join(
-                f"{k}={v:.4g}" for k, v in metrics.items() if k not in ("epoch",)) + (" *" if improved else ""), flush=True)
+            # Written to stdout directly: Ray Train patches print() to both print and log (to stderr),
+            # which showed every epoch line twice.
+            sys.stdout.write(f"[facebatch train] epoch {epoch + 1}/{cfg.epochs} " + " ".join(
+                f"{k}={v:.4g}" for k, v in metrics.items() if k not in ("epoch",)) + (" *" if improved else "") + "\n")
+            sys.stdout.flush()
         with tempfile.TemporaryDirectory() as d:
             checkpoint = None
             if rank == 0:

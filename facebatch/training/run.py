@@ -28,12 +28,25 @@ def load_datasets(cfg: TrainConfig, task):
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # our own per-epoch lines are enough in job logs
     fs = arrow_filesystem(str(paths[0]))
-    ds = ray.data.read_parquet([str(p) for p in paths], columns=task.columns, filesystem=fs)
+    cols = list(task.columns)
+    ds = ray.data.read_parquet([str(p) for p in paths], filesystem=fs)
     if cfg.limit:
-        ds = ds.limit(cfg.limit)
+        # The same rows on every run (a resumed run must train on the same data): the ``limit``
+        # paths with the smallest hash, not whichever blocks a parallel read returns first.
+        keep = limited_paths(ds.select_columns(["path"]).take_all(), cfg.limit)
+        ds = ds.filter(lambda row: row["path"] in keep)
+    ds = ds.select_columns(cols)
     def decoded(splits):
         return ds.map_batches(task.decode, fn_kwargs={"splits": list(splits)}, batch_format="numpy", batch_size=256)
     return shuffled_each_epoch(decoded(cfg.train_splits)), decoded(cfg.val_splits).materialize()
+
+
+def limited_paths(rows: list[dict], limit: int) -> set[str]:
+    """The ``limit`` distinct paths with the smallest sha1: a fixed, spread-out subset (not the first
+    people alphabetically), identical on every run over the same data."""
+    import hashlib
+    paths = sorted({r["path"] for r in rows}, key=lambda p: (hashlib.sha1(p.encode()).hexdigest(), p))
+    return set(paths[:limit])
 
 
 def shuffled_each_epoch(ds, rows_per_block: int = 64):
@@ -59,9 +72,47 @@ def _absolute_local_paths(cfg: TrainConfig) -> None:
         cfg.model_kwargs["pretrained"] = fix(cfg.model_kwargs["pretrained"])
 
 
+CONFIG_FILE = "facebatch_config.json"
+
+
+def run_exists(storage: str, name: str) -> bool:
+    """True when ``storage/name`` holds an earlier run (its config or any checkpoint)."""
+    from ..storage import filesystem, join
+    fs, root = filesystem(storage)
+    d = join(root, name)
+    return fs.exists(d) and bool(fs.ls(d))
+
+
+def saved_config_path(storage: str, name: str) -> str | None:
+    """The config a run wrote when it started, or ``None``."""
+    from ..storage import filesystem, join
+    fs, root = filesystem(storage)
+    p = join(root, name, CONFIG_FILE)
+    return p if fs.exists(p) else None
+
+
+def write_run_config(cfg: TrainConfig, storage: str, name: str) -> None:
+    from ..storage import filesystem, join
+    fs, root = filesystem(storage)
+    fs.makedirs(join(root, name), exist_ok=True)
+    with fs.open(join(root, name, CONFIG_FILE), "w") as f:
+        f.write(json.dumps({**cfg.to_dict(), "name": name}, indent=2))
+
+
 def train(cfg: TrainConfig, address: str | None = None, resume: str | None = None) -> dict:
-    """Train with Ray Train; returns a summary (best metrics, paths). ``resume`` is a run name to continue."""
+    """Train with Ray Train; returns a summary (best metrics, paths). ``resume`` is a run name to continue.
+
+    The resolved config is written to ``storage/NAME/facebatch_config.json`` before training, so
+    ``--resume NAME`` can reuse it. A new run under an existing name is refused (``ValueError``).
+    """
     from ..raycluster import init_ray
+    storage = default_storage(cfg)
+    name = resume or cfg.name or f"{cfg.task}-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if resume is None and run_exists(storage, name):
+        raise ValueError(f"a run named {name!r} already exists in {storage}; continue it with --resume {name}, "
+                         f"or choose another name=...")
+    if resume is not None and not run_exists(storage, name):
+        raise ValueError(f"--resume {name}: no run named {name!r} in {storage} (storage_path)")
     _absolute_local_paths(cfg)
     task = make_task(cfg)
     task.build_model()  # fail early on a bad model name or missing init weights
@@ -74,8 +125,7 @@ def train(cfg: TrainConfig, address: str | None = None, resume: str | None = Non
     if n_train == 0 or n_val == 0:
         raise ValueError(f"no usable rows: {n_train} for train splits {cfg.train_splits}, {n_val} for val splits "
                          f"{cfg.val_splits} in {cfg.data}")
-    name = resume or cfg.name or f"{cfg.task}-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
-    storage = default_storage(cfg)
+    write_run_config(cfg, storage, name)
     steps = math.ceil(n_train / cfg.num_workers / cfg.batch_size)
     print(f"[facebatch train] {name}: {n_train} train / {n_val} val rows, {cfg.num_workers} worker(s), "
           f"{'GPU' if cfg.use_gpu else 'CPU'}, {cfg.epochs} epochs; storage {storage}", flush=True)
@@ -103,7 +153,6 @@ def train(cfg: TrainConfig, address: str | None = None, resume: str | None = Non
     run_dir = Path(storage) / name if "://" not in storage else None
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "facebatch_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         (run_dir / "history.json").write_text(json.dumps(history, indent=2))
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         try:
