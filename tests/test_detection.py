@@ -141,3 +141,14 @@ def test_inference_network_matches_the_published_one(mobilenet_detector, udacity
     for a, b in zip(ref, fast):
         assert torch.allclose(a, b, atol=1e-3, rtol=1e-3), (a - b).abs().max()
     assert backend.fast_net is not backend.net
+
+
+def test_pack_by_padded_shape_groups_only_identical_padded_inputs():
+    from facebatch.detection import pack_by_padded_shape
+    shapes = [(100, 100), (120, 127), (128, 128), (129, 100), (100, 100)]
+    groups = pack_by_padded_shape(shapes, 32, max_batch=2)
+    assert sorted(i for g in groups for i in g) == list(range(5))
+    pad = lambda s: (-(-s[0] // 32) * 32, -(-s[1] // 32) * 32)  # noqa: E731
+    for g in groups:
+        assert len(g) <= 2 and len({pad(shapes[i]) for i in g}) == 1
+    assert groups == [[0, 1], [2, 4], [3]]  # 100, 120, 127 and 128 all pad to 128; 129 pads to 160

@@ -111,10 +111,9 @@ def test_shaping_equals_analyzer_with_the_same_options(analyzer, photos, opts):
 
 
 def test_batch_detection_equals_detection_alone(analyzer, photos):
-    from facebatch.serve.app import detect_same_as_alone
     sizes = {im.shape[:2] for im in photos}
     assert len(sizes) > 3  # mixed sizes: a plain padded batch would move border faces
-    together = detect_same_as_alone(analyzer, photos)
+    together = analyzer.detect(photos)  # FaceAnalyzer.detect batches only same-padded-shape images
     for im, fs in zip(photos, together):
         alone = analyzer.detect([im])[0]
         assert len(alone) == len(fs)

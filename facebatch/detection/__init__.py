@@ -5,7 +5,7 @@
 """
 from __future__ import annotations
 
-from .detector import LANDMARK_NAMES, BatchDetector, DetectorConfig, Face, pack_by_size
+from .detector import LANDMARK_NAMES, BatchDetector, DetectorConfig, Face, pack_by_padded_shape, pack_by_size
 
 BACKENDS = ("mobilenet", "resnet50")
 
@@ -32,4 +32,4 @@ def create_detector(backend: str = "mobilenet", **options) -> BatchDetector:
     return BatchDetector(be, cfg)
 
 
-__all__ = ["BACKENDS", "LANDMARK_NAMES", "BatchDetector", "DetectorConfig", "Face", "create_detector", "pack_by_size"]
+__all__ = ["BACKENDS", "LANDMARK_NAMES", "BatchDetector", "DetectorConfig", "Face", "create_detector", "pack_by_padded_shape", "pack_by_size"]

@@ -136,9 +136,11 @@ class FaceAnalyzer:
 
     # ------------------------------------------------------------------ the path
     def detect(self, images: Sequence[np.ndarray]) -> list[list[Face]]:
-        """Faces per image, largest first (the order of ``face_index``)."""
+        """Faces per image, largest first (the order of ``face_index``). Batched, but only images
+        with the same padded network input share a batch, so every image gets exactly the faces
+        it gets alone: annotate, serve and ``analyze`` agree whatever else is in the batch."""
         t = time.perf_counter()
-        faces = [order_faces_by_area(f) for f in self.detector.detect(list(images))] if len(images) else []
+        faces = [order_faces_by_area(f) for f in self.detector.detect(list(images), exact=True)] if len(images) else []
         self.timings["detect"] += time.perf_counter() - t
         return faces
 

@@ -12,10 +12,9 @@ Two deployments:
   :class:`~ray.serve.handle.DeploymentHandle` whose queue is bounded (``max_queued_requests``).
 * ``FaceModel``: one :class:`~facebatch.inference.FaceAnalyzer` per replica. Concurrent requests
   are gathered by ``@serve.batch``: the detector runs over the batch's images, then each model
-  once over every face of the batch (``FaceAnalyzer.analyze``). The detector's padded
-  sub-batches are formed from images of the same padded input size only, so an image gets the
-  same answer in any batch as alone (zero padding to a larger neighbour would move boxes of
-  faces near the border by up to a few percent of their size).
+  once over every face of the batch (``FaceAnalyzer.analyze``). ``FaceAnalyzer.detect`` forms
+  the detector's padded sub-batches from images of the same padded input size only, so an
+  image gets the same answer in any batch as alone, as in ``annotate`` and ``analyze``.
 
 Limits on both hops come from :meth:`ServeOptions.limits`, so that neither caps the batch.
 """
@@ -23,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import time
 from collections import Counter
@@ -96,7 +94,7 @@ class FaceModel:
         images = [np.asarray(im) for im, _ in items]
         opts = [o for _, o in items]
         mf = None if any(o.max_faces is None for o in opts) else max(o.max_faces for o in opts)
-        results = self.fa.analyze(images, max_faces=mf, faces=detect_same_as_alone(self.fa, images),
+        results = self.fa.analyze(images, max_faces=mf, faces=self.fa.detect(images),
                                   keypoints=any(o.keypoints for o in opts),
                                   attributes=any(o.attributes for o in opts),
                                   identity=any(o.identity for o in opts),
@@ -110,25 +108,6 @@ class FaceModel:
         if sum(self.batch_sizes.values()) % 200 == 0:
             log.info("FaceModel %s batch sizes so far: %s", self.replica, dict(sorted(self.batch_sizes.items())))
         return out
-
-
-def detect_same_as_alone(fa, images: list[np.ndarray]) -> list:
-    """Faces per image, detected in sub-batches of images with the same padded network input,
-    so each image's answer equals its answer alone (no padding to a larger neighbour)."""
-    det = fa.detector
-    m = int(getattr(det.backend, "pad_multiple", 1) or 1)
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, im in enumerate(images):
-        h, w = im.shape[:2]
-        s = det.scale_for(h, w)
-        if s != 1.0:
-            h, w = max(1, int(round(h * s))), max(1, int(round(w * s)))
-        groups.setdefault((math.ceil(h / m) * m, math.ceil(w / m) * m), []).append(i)
-    faces: list = [None] * len(images)
-    for idx in groups.values():
-        for i, f in zip(idx, fa.detect([images[i] for i in idx])):
-            faces[i] = f
-    return faces
 
 
 class _HandleModels:
@@ -219,4 +198,4 @@ def build_app(options: dict | ServeOptions | None = None) -> Application:
 app = build_app()
 """The default application (``serve run facebatch.serve.app:app``)."""
 
-__all__ = ["APP_NAME", "FaceModel", "Ingress", "app", "build_app", "detect_same_as_alone"]
+__all__ = ["APP_NAME", "FaceModel", "Ingress", "app", "build_app"]
