@@ -6,6 +6,7 @@ S3 settings come from options or the usual environment: ``AWS_ACCESS_KEY_ID``,
 """
 from __future__ import annotations
 
+import errno
 import os
 from typing import Any
 
@@ -59,7 +60,6 @@ def storage_error_message(exc: BaseException, uri: str, options: dict[str, Any] 
     (exit 2, no traceback)."""
     if not is_remote(uri):
         return None
-    from .preprocess.shards import _chain, is_transient
     names = {c.__name__ for e in _chain(exc) for c in type(e).__mro__}
     ep = _endpoint(options)
     if names & {"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"}:
@@ -107,3 +107,58 @@ def arrow_filesystem(uri: str, endpoint_url: str | None = None):
                              secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
                              session_token=os.environ.get("AWS_SESSION_TOKEN"),
                              region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+
+
+# ---- which storage errors a retry could fix (used by every job's retries) ----------------------
+
+_TRANSIENT_NAMES = {
+    # botocore / urllib3 / aiohttp / s3fs names, matched by name so this module imports none of them
+    "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
+    "ConnectionError", "HTTPClientError", "ServerDisconnectedError", "ClientConnectorError",
+    "ClientOSError", "ClientPayloadError", "ServerTimeoutError", "FSTimeoutError", "IncompleteRead",
+    "ResponseParserError", "ProxyConnectionError", "NewConnectionError", "ProtocolError",
+}
+_TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
+                    "InternalError", "ServiceUnavailable", "503", "500", "502", "504", "RequestLimitExceeded"}
+_TRANSIENT_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EPIPE,
+                     errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EAGAIN}
+_TRANSIENT_TEXT = ("connection refused", "connection reset", "connection was closed", "timed out", "timeout",
+                   "slow down", "slowdown", "service unavailable", "internal error", "could not connect",
+                   "server disconnected", "broken pipe", "temporarily unavailable", "(503)", "(500)", "(502)", "(504)")
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    out, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        out.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return out
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors a retry could fix: connection refused/reset, timeouts, HTTP 5xx, SlowDown.
+
+    Missing objects, permissions, bad credentials and corrupt data are not transient.
+    The exception, its causes and contexts are all looked at (s3fs and aiobotocore wrap errors).
+    """
+    for e in _chain(exc):
+        if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+            return False
+        names = {c.__name__ for c in type(e).__mro__}
+        if names & {"NoCredentialsError", "PartialCredentialsError", "NoSuchBucket", "NoSuchKey"}:
+            return False
+        if isinstance(e, (ConnectionError, TimeoutError)) or names & _TRANSIENT_NAMES:
+            return True
+        if isinstance(e, OSError) and e.errno in _TRANSIENT_ERRNOS:
+            return True
+        resp = getattr(e, "response", None)
+        if isinstance(resp, dict):
+            code = str((resp.get("Error") or {}).get("Code", ""))
+            status = (resp.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+            if code in _TRANSIENT_CODES or (isinstance(status, int) and status >= 500):
+                return True
+        text = str(e).lower()
+        if any(t in text for t in _TRANSIENT_TEXT):
+            return True
+    return False

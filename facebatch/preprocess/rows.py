@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import schema as S
-from ..geometry import crop_square, order_faces_by_area, points_to_crop, square_crop_box
-from ..imaging import encode_jpeg
+from ..geometry import order_faces_by_area, points_to_crop, square_crop_box
+from ..inference.inputs import CropFrame, face_crop
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,11 @@ class CropConfig:
     all_faces: bool = False
     keep_crops: bool = True
     jpeg_quality: int = 95
+
+    @property
+    def frame(self) -> CropFrame:
+        """The crop frame of the stored crops (what models trained on them record in their meta)."""
+        return CropFrame(self.margin, self.crop_size, self.jpeg_quality)
 
     def validate(self) -> "CropConfig":
         if not 16 <= self.crop_size <= 2048:
@@ -81,12 +86,13 @@ def rows_for_image(base: dict, image: np.ndarray | None, faces: list, record, cf
     out = []
     for i, face in enumerate(faces if cfg.all_faces else faces[:1]):
         r = dict(row)
-        cbox = square_crop_box(face.box, cfg.margin)
+        if cfg.keep_crops:  # the crop every model's input is built from (facebatch.inference.inputs)
+            cbox, r[S.CROP] = face_crop(image, face.box, cfg.frame)
+        else:
+            cbox = square_crop_box(face.box, cfg.margin)
         r.update({S.FACE_INDEX: i, S.BOX: [float(v) for v in face.box], S.SCORE: float(face.score),
                   S.LANDMARKS: np.asarray(face.landmarks, np.float32).reshape(-1).tolist(),
                   S.CROP_BOX: [float(v) for v in cbox], S.CROP_SIZE: cfg.crop_size})
-        if cfg.keep_crops:
-            r[S.CROP] = encode_jpeg(crop_square(image, cbox, cfg.crop_size), quality=cfg.jpeg_quality)
         if kp is not None:
             px, norm = points_to_crop(np.asarray(kp, np.float32), cbox, cfg.crop_size)
             r[S.KEYPOINTS_CROP] = px.reshape(-1).tolist()

@@ -15,7 +15,6 @@ plus one done-marker per shard. What makes ``--resume`` safe:
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import random
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 from .. import schema as S
+from ..storage import _chain, is_transient  # noqa: F401  (re-exported: the retry rules live with storage)
 
 #: row statuses a rerun could change without the input changing: ``--resume`` redoes their shards
 RETRY_ON_RESUME = (S.READ_ERROR, S.DETECT_ERROR)
@@ -164,59 +164,6 @@ def check_output_paths(expected: Iterable[str], found: Iterable[tuple[str, int]]
 
 
 # ---- retries --------------------------------------------------------------------------------------
-
-_TRANSIENT_NAMES = {
-    # botocore / urllib3 / aiohttp / s3fs names, matched by name so this module imports none of them
-    "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
-    "ConnectionError", "HTTPClientError", "ServerDisconnectedError", "ClientConnectorError",
-    "ClientOSError", "ClientPayloadError", "ServerTimeoutError", "FSTimeoutError", "IncompleteRead",
-    "ResponseParserError", "ProxyConnectionError", "NewConnectionError", "ProtocolError",
-}
-_TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
-                    "InternalError", "ServiceUnavailable", "503", "500", "502", "504", "RequestLimitExceeded"}
-_TRANSIENT_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EPIPE,
-                     errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EAGAIN}
-_TRANSIENT_TEXT = ("connection refused", "connection reset", "connection was closed", "timed out", "timeout",
-                   "slow down", "slowdown", "service unavailable", "internal error", "could not connect",
-                   "server disconnected", "broken pipe", "temporarily unavailable", "(503)", "(500)", "(502)", "(504)")
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    out, seen = [], set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        out.append(exc)
-        exc = exc.__cause__ or exc.__context__
-    return out
-
-
-def is_transient(exc: BaseException) -> bool:
-    """True for errors a retry could fix: connection refused/reset, timeouts, HTTP 5xx, SlowDown.
-
-    Missing objects, permissions, bad credentials and corrupt data are not transient.
-    The exception, its causes and contexts are all looked at (s3fs and aiobotocore wrap errors).
-    """
-    for e in _chain(exc):
-        if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
-            return False
-        names = {c.__name__ for c in type(e).__mro__}
-        if names & {"NoCredentialsError", "PartialCredentialsError", "NoSuchBucket", "NoSuchKey"}:
-            return False
-        if isinstance(e, (ConnectionError, TimeoutError)) or names & _TRANSIENT_NAMES:
-            return True
-        if isinstance(e, OSError) and e.errno in _TRANSIENT_ERRNOS:
-            return True
-        resp = getattr(e, "response", None)
-        if isinstance(resp, dict):
-            code = str((resp.get("Error") or {}).get("Code", ""))
-            status = (resp.get("ResponseMetadata") or {}).get("HTTPStatusCode")
-            if code in _TRANSIENT_CODES or (isinstance(status, int) and status >= 500):
-                return True
-        text = str(e).lower()
-        if any(t in text for t in _TRANSIENT_TEXT):
-            return True
-    return False
-
 
 @dataclass(frozen=True)
 class RetryPolicy:
