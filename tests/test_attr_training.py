@@ -325,6 +325,7 @@ def test_multitask_train_export_evaluate_enroll(ray_session, attr_data, tmp_path
     meta = info["meta"]
     assert meta["attributes"] == ["smile", "eyeglasses"] and meta["input_size"] == 64
     assert meta["identities"] == sorted(attr_data["train_people"]) and info["model_kwargs"]["n_identities"] == n_people
+    assert meta["crop_frame"] == {"margin": 0.2, "crop_size": 256, "jpeg_quality": 95}  # read from the data
     assert export.stat().st_size < 25e6
 
     ev = evaluate_attributes(str(export), str(attr_data["celeba"]), None, str(tmp_path / "ev-celeba"))
@@ -386,3 +387,17 @@ def test_degradation_augmentation_and_mixed_threshold_fit(synthetic_parquet):
     assert used["smile"] == 3 * used1["smile"] and report["degrade"] == ["none", "scale=0.5", "jpeg=30"]
     b = report["bootstrap"]["smile"]
     assert b["n_faces"] == used1["smile"] and b["p05"] <= b["median"] <= b["p95"] and 0 <= b["balanced_accuracy"] <= 1
+
+
+def test_crop_frame_comes_from_the_training_data(tmp_path):
+    """Exported models record the crop frame of their data; data cropped two ways is refused."""
+    import pyarrow.parquet as pq
+    from facebatch.training.run import data_crop_frame
+    for name, margin in (("a", 0.2), ("b", 0.3)):
+        d = tmp_path / name
+        d.mkdir()
+        meta = {S.META_CONFIG: json.dumps({"crop": {"margin": margin, "crop_size": 128, "jpeg_quality": 90}})}
+        pq.write_table(S.to_table([{S.PATH: "x.jpg", S.STATUS: S.OK}], meta), d / "part-00000.parquet")
+    assert data_crop_frame(str(tmp_path / "a")) == {"margin": 0.2, "crop_size": 128, "jpeg_quality": 90}
+    with pytest.raises(ValueError, match="cropped differently"):
+        data_crop_frame([str(tmp_path / "a"), str(tmp_path / "b")])

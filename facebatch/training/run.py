@@ -165,6 +165,31 @@ def train(cfg: TrainConfig, address: str | None = None, resume: str | None = Non
     return summary
 
 
+def data_crop_frame(data) -> dict:
+    """The crop frame (margin, crop size, JPEG quality) of the training data's stored crops, read from
+    each preprocess output's file metadata, so a model file records what its inputs were cut like
+    (:class:`facebatch.inference.inputs.CropFrame`). Outputs without that metadata count as the
+    preprocess defaults; sources that disagree are an error."""
+    import pyarrow.dataset as pads
+
+    from .. import schema as S
+    from ..inference.inputs import CropFrame
+    from ..storage import arrow_filesystem
+    frames = {}
+    for p in (data if isinstance(data, (list, tuple)) else [data]):
+        fs = arrow_filesystem(str(p))
+        src = str(p).split("://", 1)[1] if fs is not None else str(p)
+        crop = (S.read_metadata(pads.dataset(src, format="parquet", filesystem=fs).schema).get("config") or {}).get("crop")
+        crop = crop or {}
+        d = CropFrame()
+        frames[str(p)] = CropFrame(crop.get("margin", d.margin), crop.get("crop_size", d.crop_size),
+                                   crop.get("jpeg_quality", d.jpeg_quality))
+    if len(set(frames.values())) > 1:
+        raise ValueError("the training data were cropped differently: " + "; ".join(
+            f"{k}: {v}" for k, v in frames.items()) + ". Preprocess them with the same --margin and --crop-size")
+    return next(iter(frames.values())).to_dict()
+
+
 def export_model(cfg: TrainConfig, task, state: dict, summary: dict, history: list) -> Path:
     """Write the best weights as a facebatch model file with everything a user needs in ``meta``."""
     from ..modelio import save_model_file
@@ -178,7 +203,7 @@ def export_model(cfg: TrainConfig, task, state: dict, summary: dict, history: li
             "params": count_params(model), "flops": count_flops(model, (1, c, cfg.input_size, cfg.input_size)),
             "best_epoch": summary["best_epoch"], "metrics": summary["best"], "n_train": summary["n_train"],
             "n_val": summary["n_val"], "train_s": summary["train_s"], "history": history, "config": cfg.to_dict(),
-            "run": summary["run"], "provenance": provenance()}
+            "run": summary["run"], "provenance": provenance(), "crop_frame": data_crop_frame(cfg.data)}
     kwargs = {"input_size": cfg.input_size, **{k: v for k, v in cfg.model_kwargs.items() if k != "pretrained"}}
     if cfg.task == "keypoints":
         kwargs["n_points"] = task.scheme.n_points
