@@ -100,3 +100,17 @@ def test_ctrl_c_exits_130_with_resume_hint(ray_session, udacity_subset, tmp_path
             proc.kill()
     assert proc.returncode == 130, err[-2000:]
     assert "--resume" in err and "shards" in err and "Traceback" not in err, err[-2000:]
+
+
+def test_clean_run_has_no_ray_error_line_and_a_heartbeat(ray_session, udacity_subset, tmp_path):
+    import ray
+    env = {"RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONUNBUFFERED": "1"}
+    proc, _ = _run(["preprocess", "--input", str(udacity_subset), "--format", "udacity68", "--output",
+                    str(tmp_path / "o"), "--limit", "4", "--progress", "log", "--log-every", "0.5"], env=env,
+                   timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # Ray Data's actor pool logged an ERROR from core_worker.cc on every run (constructor arguments
+    # in the object store with max_restarts > 0)
+    assert "max_restarts" not in proc.stderr and "core_worker.cc" not in proc.stderr, proc.stderr[-3000:]
+    assert "waiting for" in proc.stderr  # heartbeat while Ray Data starts its workers
+    assert "skipped by the lister: 0 files" in proc.stdout
