@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .. import schema as S
-from ..preprocess.shards import RetriesExhausted, RetryPolicy, call_with_retries, check_output_paths, plan_shards
+from ..preprocess.shards import RetriesExhausted, RetryPolicy, call_with_retries, check_output_paths
 from ..storage import check_writable, filesystem, join, storage_options
 from . import state as ST
 from .config import AnnotateConfig, plan_workers
@@ -41,27 +41,55 @@ def part_name(shard_id: int) -> str:
 
 # ---- stage 1: read (Ray tasks) -------------------------------------------------------------------
 
-def _read(path: str, options: dict) -> bytes:
+def _read(path: str, options: dict) -> tuple[bytes, dict]:
+    """The object's bytes and its info as of the read: on S3 the HEAD that s3fs makes when it opens
+    the object (its ranged GETs carry ``If-Match`` on that ETag, so a change between HEAD and GET
+    fails the read); elsewhere a stat *after* the read, so a change during the read shows too."""
     fs, p = filesystem(path, options)
+    fs.invalidate_cache(p)  # s3fs answers the HEAD from a cached listing of the folder when it has one
     with fs.open(p, "rb") as f:
-        return f.read()
+        data = f.read()
+        info = getattr(f, "details", None)
+    if not isinstance(info, dict) or not info:
+        try:
+            info = fs.info(p)
+        except Exception:  # removed right after the read: compare nothing more
+            info = {}
+    return data, info
+
+
+def changed_since_listing(src: dict, n_read: int, info: dict) -> str | None:
+    """Why the object read differs from the listed one, or ``None``: size, then the ETag when both
+    the listing and the read have one, else the mtime when both have one."""
+    if src.get("size") is not None and n_read != src["size"]:
+        return f"object changed since it was listed ({n_read} bytes read, {src['size']} listed)"
+    etag = ST._etag(info)
+    if src.get("etag") and etag:
+        if etag != src["etag"]:
+            return f"object changed since it was listed (ETag {etag} read, {src['etag']} listed)"
+        return None
+    mtime = ST._mtime(info)
+    if src.get("mtime") is not None and mtime is not None and mtime != src["mtime"]:
+        return f"object changed since it was listed (mtime {mtime:.6f} read, {src['mtime']:.6f} listed)"
+    return None
 
 
 def read_object(src: dict, options: dict, policy: RetryPolicy) -> tuple[dict, bytes | None]:
     """``(base columns, bytes or None)`` for one listed object; never raises. An object that is
-    gone or changed size since the listing gets ``read_error`` (the next run picks it up again)."""
+    gone or changed since the listing (size, ETag or mtime differ) gets ``read_error``; the next run
+    sees it as changed or deleted and picks it up again."""
     base = {S.PATH: src["path"], "etag": src["etag"], "size": src["size"], "mtime": src["mtime"]}
     try:
-        data = call_with_retries(lambda: _read(src["path"], options), policy, f"read {src['path']}",
-                                 on_retry=lambda w, e, a, d: print(f"[facebatch] retrying {w} in {d:.1f} s "
-                                                                   f"after {type(e).__name__}", flush=True))
+        data, info = call_with_retries(lambda: _read(src["path"], options), policy, f"read {src['path']}",
+                                       on_retry=lambda w, e, a, d: print(f"[facebatch] retrying {w} in {d:.1f} s "
+                                                                         f"after {type(e).__name__}", flush=True))
     except Exception as exc:
         shown = exc.__cause__ if isinstance(exc, RetriesExhausted) and exc.__cause__ else exc
         base.update({S.STATUS: S.READ_ERROR, S.ERROR: f"{type(shown).__name__}: {exc}"[:500]})
         return base, None
-    if src["size"] is not None and len(data) != src["size"]:
-        base.update({S.STATUS: S.READ_ERROR,
-                     S.ERROR: f"object changed since it was listed ({len(data)} bytes read, {src['size']} listed)"})
+    why = changed_since_listing(src, len(data), info)
+    if why:
+        base.update({S.STATUS: S.READ_ERROR, S.ERROR: why})
         return base, None
     return base, data
 
@@ -299,8 +327,7 @@ def run_annotate(cfg: AnnotateConfig, address: str | None = None) -> dict:
         info: dict = {}
         t_ray = time.perf_counter()
         if todo.num_rows:
-            objs = todo.to_pylist()
-            shards = plan_shards(objs, cfg.shard_size)
+            shards = ST.plan_todo(todo, cfg.shard_size)  # pickled shards: no per-key objects kept
             from ..raycluster import init_ray
             info = init_ray(address)
             timing["ray_init_s"] = time.perf_counter() - t_ray
@@ -308,11 +335,11 @@ def run_annotate(cfg: AnnotateConfig, address: str | None = None) -> dict:
             prov = {**provenance(), "version": __version__}
             try:
                 _run_pipeline(cfg, shards, min(n, len(shards)), cpw, threads, run_id, uri_folder, options, prov,
-                              results, finished, timing, t_ray)
+                              results, finished, timing, t_ray, todo.num_rows)
             except Exception as exc:
                 raise JobFailed(f"annotate run {run_id} failed: {_short(exc)}; {len(results)} of {len(shards)} "
                                 f"shards were written, nothing was committed: rerun the same command") from exc
-            _check(cfg, fs, folder, objs, results, len(shards))
+            _check(cfg, fs, folder, todo["path"].to_pylist(), results, len(shards))
         processing = time.perf_counter() - t_ray
         ST.write_run_deleted(fs, folder, d.deleted, run_id)
         summary = _summary(cfg, run_id, uri_folder, listing, d, results, finished, skipped, recovered, timing,
@@ -333,18 +360,18 @@ def _exists(dst: str, options: dict) -> bool:
     return fs.exists(root)
 
 
-def _run_pipeline(cfg, shards, n, cpw, threads, run_id, folder, options, prov, results, finished, timing, t_ray):
+def _run_pipeline(cfg, shards, n, cpw, threads, run_id, folder, options, prov, results, finished, timing, t_ray,
+                  total):
     import ray
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
-    items = [{"shard_id": i, "objects": pickle.dumps(s, protocol=5)} for i, s in enumerate(shards)]
+    items = [{"shard_id": i, "objects": s} for i, s in enumerate(shards)]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map(_read_shard, fn_kwargs={"options": options, "retry_s": cfg.retry_s}, num_cpus=0.25)
     ds = ds.map_batches(AnnotateWorker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=n), num_cpus=cpw,
                         num_gpus=cfg.gpus_per_worker or None, max_restarts=0,
                         fn_constructor_kwargs={"cfg": cfg.to_dict(), "threads": threads, "run_id": run_id,
                                                "folder": folder, "options": options, "provenance": prov})
-    total = sum(len(s) for s in shards)
     done = 0
     for row in ds.iter_rows():
         st = json.loads(row["stats"])
@@ -357,7 +384,7 @@ def _run_pipeline(cfg, shards, n, cpw, threads, run_id, folder, options, prov, r
         _print(f"[facebatch] {done}/{total} images annotated")
 
 
-def _check(cfg, fs, folder, objs, results, n_shards) -> None:
+def _check(cfg, fs, folder, paths, results, n_shards) -> None:
     """Rows in equal rows out: every shard reported, the part files hold exactly the rows reported,
     and the set of paths equals the objects to do (none missing, none repeated)."""
     import pyarrow.parquet as pq
@@ -370,11 +397,11 @@ def _check(cfg, fs, folder, objs, results, n_shards) -> None:
         with fs.open(p, "rb") as f:
             t = pq.read_table(f, columns=[S.PATH, S.FACE_INDEX])
         found.extend(zip(t.column(S.PATH).to_pylist(), (max(0, fi) for fi in t.column(S.FACE_INDEX).to_pylist())))
-    check_output_paths([o["path"] for o in objs], found, all_faces=True)
+    check_output_paths(paths, found, all_faces=True)
     n_rows = sum(r["n_rows"] for r in results.values())
     n_in = sum(r["n_inputs"] for r in results.values())
-    if len(parts) != n_shards or len(found) != n_rows or n_in != len(objs):
-        raise RuntimeError(f"row check failed: {len(objs)} inputs, {n_in} processed, {n_rows} rows reported, "
+    if len(parts) != n_shards or len(found) != n_rows or n_in != len(paths):
+        raise RuntimeError(f"row check failed: {len(paths)} inputs, {n_in} processed, {n_rows} rows reported, "
                            f"{len(found)} rows in {len(parts)} files for {n_shards} shards")
 
 

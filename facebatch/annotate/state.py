@@ -93,15 +93,22 @@ def input_format(src: str, options: dict) -> str:
 def list_source(src: str, options: dict) -> tuple[pa.Table, dict]:
     """``(listing table path/etag/size/mtime sorted by path, skipped report)``.
 
-    Uses the preprocess job's lister (:func:`facebatch.formats.sources.list_inputs`): the same
-    extensions (``.gif`` too), hidden files skipped and counted. Objects named by a manifest
-    that the listing did not stat are stat-ed here.
+    A folder or ``s3://`` prefix is listed as a stream (:func:`_list_folder`): each object's
+    path, ETag, size and mtime go straight into Arrow arrays, so 1M keys cost about 0.2 GB on the
+    driver instead of several GB of per-key dicts and records (``bench/annotate_listing_bench.py``).
+    The same rules as the preprocess job's lister (:func:`facebatch.formats.sources.find_images`):
+    its extensions (``.gif`` too), hidden files and ``__MACOSX`` skipped and counted. A manifest goes
+    through :func:`facebatch.formats.sources.list_inputs`; objects it names that the listing did not
+    stat are stat-ed here.
     """
-    from ..formats.sources import list_inputs
     from ..storage import storage_error_message
     fmt = input_format(src, options)
     try:
+        if fmt == "folder":
+            t, report = _list_folder(src, options)
+            return t.sort_by("path"), report
         fs_in = filesystem(src, options)[0] if "://" in src else None
+        from ..formats.sources import list_inputs
         records, listing = list_inputs(src, fmt, None, filesystem=fs_in)
     except Exception as exc:
         msg = storage_error_message(exc, src, options)
@@ -125,6 +132,93 @@ def list_source(src: str, options: dict) -> tuple[pa.Table, dict]:
     t = pa.Table.from_arrays([pa.array(paths, pa.string()), pa.array(etags, pa.string()),
                               pa.array(sizes, pa.int64()), pa.array(mtimes, pa.float64())], schema=LISTING_SCHEMA)
     return t.sort_by("path"), listing.report()
+
+
+class _Columns:
+    """Listing columns gathered in Python lists and flushed into Arrow chunks every ``chunk`` keys."""
+
+    def __init__(self, chunk: int = 4096) -> None:
+        self.chunk, self.batches = chunk, []
+        self.cols: tuple[list, list, list, list] = ([], [], [], [])
+
+    def add(self, path: str, etag, size, mtime) -> None:
+        c = self.cols
+        c[0].append(path), c[1].append(etag), c[2].append(size), c[3].append(mtime)
+        if len(c[0]) >= self.chunk:
+            self.flush()
+
+    def flush(self) -> None:
+        c = self.cols
+        if c[0]:
+            self.batches.append(pa.RecordBatch.from_arrays(
+                [pa.array(c[0], pa.string()), pa.array(c[1], pa.string()), pa.array(c[2], pa.int64()),
+                 pa.array(c[3], pa.float64())], schema=LISTING_SCHEMA))
+        self.cols = ([], [], [], [])
+
+    def table(self) -> pa.Table:
+        self.flush()
+        return pa.Table.from_batches(self.batches, schema=LISTING_SCHEMA)
+
+
+def _list_folder(src: str, options: dict) -> tuple[pa.Table, dict]:
+    """Stream the files below a local folder or an S3 prefix into a listing table (unsorted)."""
+    import posixpath
+
+    from ..formats.base import relative_parts, require_exists, resolve_fs, to_uri
+    from ..formats.sources import LISTED_EXTENSIONS, Listing, _need_dir
+    fs, root = resolve_fs(src, filesystem(src, options)[0] if "://" in src else None)
+    require_exists(fs, root, "input path", "check --input; S3 inputs look like s3://bucket/prefix")
+    _need_dir(fs, root, "folder", "to read a list of files use format 'manifest'")
+    lst, cols = Listing(), _Columns()
+    uri_prefix = to_uri(fs, "x")[:-1] if "://" in src else ""
+
+    def take(p: str, info: dict) -> None:
+        base = posixpath.basename(p)
+        if not base:  # an S3 "folder" marker object
+            return
+        if base.startswith(".") or any(d.startswith(".") or d == "__MACOSX" for d in relative_parts(root, p)):
+            lst.skip("hidden", uri_prefix + p)
+        elif not base.lower().endswith(LISTED_EXTENSIONS):
+            lst.skip("not an image extension", uri_prefix + p)
+        else:
+            cols.add(uri_prefix + p, _etag(info), info.get("size"), _mtime(info))
+
+    if hasattr(fs, "_iterdir") and hasattr(fs, "split_path"):  # s3fs: page by page, no dircache
+        from fsspec.asyn import sync
+        bucket, key, _ = fs.split_path(root)
+        prefix = key.rstrip("/") + "/" if key else ""
+
+        async def _walk() -> None:
+            async for info in fs._iterdir(bucket, delimiter="", prefix=prefix):
+                if info.get("type") != "directory":
+                    take(info["name"], info)
+
+        sync(fs.loop, _walk)
+    elif "://" not in src:  # local: os.walk, following links to folders as fsspec's find does
+        for d, _dirs, files in os.walk(root, followlinks=True):
+            for name in files:
+                p = os.path.join(d, name)
+                try:
+                    st = os.stat(p)
+                except OSError:  # a dangling link or a file gone since: the read reports it
+                    st = None
+                take(p, {} if st is None else {"size": st.st_size, "mtime": st.st_mtime})
+    else:  # another fsspec filesystem: its find
+        for p, info in fs.find(root, detail=True).items():
+            if info.get("type") != "directory":
+                take(p, info)
+    return cols.table(), lst.report()
+
+
+def plan_todo(todo: pa.Table, shard_size: int) -> list[bytes]:
+    """The objects to do cut into shards of ``shard_size``, each a pickled list of
+    ``{path, etag, size, mtime}`` dicts: only one shard's Python objects exist at a time."""
+    import pickle
+    if shard_size < 1:
+        raise ValueError(f"shard size must be at least 1, got {shard_size}")
+    todo = todo.select(LISTING_SCHEMA.names)
+    return [pickle.dumps(todo.slice(i, shard_size).to_pylist(), protocol=5)
+            for i in range(0, todo.num_rows, shard_size)]
 
 
 # ---- the diff ------------------------------------------------------------------------------------
