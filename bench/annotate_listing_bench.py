@@ -152,9 +152,6 @@ def list_before(src: str, options: dict):
 
 
 def child(case: str, n_keys: int, tmp: str) -> dict:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     from facebatch.annotate import state as ST
     from facebatch.preprocess.shards import plan_shards
     patch_s3fs(n_keys)

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from facebatch.annotate import state as ST
-from facebatch.annotate.pipeline import read_object
+from facebatch.annotate.read import read_object
 from facebatch.formats.sources import list_inputs
 from facebatch.preprocess.shards import RetryPolicy
 from facebatch.storage import storage_options

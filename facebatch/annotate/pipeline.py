@@ -21,12 +21,14 @@ from typing import Any
 import numpy as np
 
 from .. import schema as S
-from ..preprocess.shards import RetriesExhausted, RetryPolicy, call_with_retries, check_output_paths
+from ..preprocess.shards import RetryPolicy, call_with_retries, check_output_paths
 from ..storage import check_writable, filesystem, join, storage_options
 from . import state as ST
 from .config import AnnotateConfig, plan_workers
 from .decode import crop_scale, decode_scaled
 from .lock import RunLock
+# stage 1 (read tasks) lives in .read, which imports no torch: read workers start seconds sooner
+from .read import _read, _read_shard, changed_since_listing, read_object  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -37,69 +39,6 @@ class JobFailed(RuntimeError):
 
 def part_name(shard_id: int) -> str:
     return f"part-{shard_id:05d}.parquet"
-
-
-# ---- stage 1: read (Ray tasks) -------------------------------------------------------------------
-
-def _read(path: str, options: dict) -> tuple[bytes, dict]:
-    """The object's bytes and its info as of the read: on S3 the HEAD that s3fs makes when it opens
-    the object (its ranged GETs carry ``If-Match`` on that ETag, so a change between HEAD and GET
-    fails the read); elsewhere a stat *after* the read, so a change during the read shows too."""
-    fs, p = filesystem(path, options)
-    fs.invalidate_cache(p)  # s3fs answers the HEAD from a cached listing of the folder when it has one
-    with fs.open(p, "rb") as f:
-        data = f.read()
-        info = getattr(f, "details", None)
-    if not isinstance(info, dict) or not info:
-        try:
-            info = fs.info(p)
-        except Exception:  # removed right after the read: compare nothing more
-            info = {}
-    return data, info
-
-
-def changed_since_listing(src: dict, n_read: int, info: dict) -> str | None:
-    """Why the object read differs from the listed one, or ``None``: size, then the ETag when both
-    the listing and the read have one, else the mtime when both have one."""
-    if src.get("size") is not None and n_read != src["size"]:
-        return f"object changed since it was listed ({n_read} bytes read, {src['size']} listed)"
-    etag = ST._etag(info)
-    if src.get("etag") and etag:
-        if etag != src["etag"]:
-            return f"object changed since it was listed (ETag {etag} read, {src['etag']} listed)"
-        return None
-    mtime = ST._mtime(info)
-    if src.get("mtime") is not None and mtime is not None and mtime != src["mtime"]:
-        return f"object changed since it was listed (mtime {mtime:.6f} read, {src['mtime']:.6f} listed)"
-    return None
-
-
-def read_object(src: dict, options: dict, policy: RetryPolicy) -> tuple[dict, bytes | None]:
-    """``(base columns, bytes or None)`` for one listed object; never raises. An object that is
-    gone or changed since the listing (size, ETag or mtime differ) gets ``read_error``; the next run
-    sees it as changed or deleted and picks it up again."""
-    base = {S.PATH: src["path"], "etag": src["etag"], "size": src["size"], "mtime": src["mtime"]}
-    try:
-        data, info = call_with_retries(lambda: _read(src["path"], options), policy, f"read {src['path']}",
-                                       on_retry=lambda w, e, a, d: print(f"[facebatch] retrying {w} in {d:.1f} s "
-                                                                         f"after {type(e).__name__}", flush=True))
-    except Exception as exc:
-        shown = exc.__cause__ if isinstance(exc, RetriesExhausted) and exc.__cause__ else exc
-        base.update({S.STATUS: S.READ_ERROR, S.ERROR: f"{type(shown).__name__}: {exc}"[:500]})
-        return base, None
-    why = changed_since_listing(src, len(data), info)
-    if why:
-        base.update({S.STATUS: S.READ_ERROR, S.ERROR: why})
-        return base, None
-    return base, data
-
-
-def _read_shard(row: dict, options: dict, retry_s: float) -> dict:
-    t0 = time.perf_counter()
-    objs = pickle.loads(row["objects"])
-    policy = RetryPolicy(budget_s=retry_s)
-    out = [read_object(o, options, policy) for o in objs]
-    return {"shard_id": row["shard_id"], "payload": pickle.dumps(out, protocol=5), "read_s": time.perf_counter() - t0}
 
 
 # ---- stage 2: analyze and write (Ray actors) -----------------------------------------------------
