@@ -75,9 +75,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except (ValueError, FileNotFoundError, PermissionError) as exc:
-        # Bad options or inputs: say what is wrong, no traceback.
+        # Bad options or inputs: say what is wrong; the traceback only with -v (for debugging).
+        if args.verbose:
+            import traceback
+            traceback.print_exc()
         print(f"facebatch {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Commands with resumable state (preprocess, annotate, train) say how to resume themselves.
+        if args.verbose:
+            import traceback
+            traceback.print_exc()
+        print(f"\nfacebatch {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

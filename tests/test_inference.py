@@ -250,3 +250,13 @@ def test_analyze_command_prints_one_line_per_image(udacity_root, tmp_path, capsy
     f = json.loads(capsys.readouterr().out.splitlines()[0])["faces"][0]
     assert f["keypoints68"] is None and "smile" not in f
     assert main(["analyze", str(tmp_path / "missing.jpg")]) == 2
+
+
+def test_cli_errors_are_one_line_and_verbose_adds_the_traceback(tmp_path, capsys):
+    from facebatch.cli import main
+    missing = str(tmp_path / "nope.jpg")
+    assert main(["analyze", missing]) == 2
+    err = capsys.readouterr().err
+    assert "no such image file" in err and "Traceback" not in err
+    assert main(["-v", "analyze", missing]) == 2
+    assert "Traceback" in capsys.readouterr().err
