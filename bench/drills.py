@@ -95,7 +95,7 @@ def _count(out: Path, total: int) -> dict:
             "status": {s: t.column("status").to_pylist().count(s) for s in set(t.column("status").to_pylist())}}
 
 
-def drill_node_loss(n: int, root: Path) -> dict:
+def drill_node_loss(n: int, root: Path, stall_s: float = 300) -> dict:
     from test_job_submit import RayHead, _free_ports
     inp, out = _subset(n, root), root / "node-loss"
     head = RayHead(num_cpus=1)
@@ -117,11 +117,13 @@ def drill_node_loss(n: int, root: Path) -> dict:
         t_kill = time.time()
         for p in raylets:
             os.kill(p, signal.SIGKILL)
-        lines.extend(proc.stdout)
-        rc = proc.wait()
+        rc, stalled = _finish(proc, lines, stall_s, head)
         recover = time.time() - t_kill
+        if stalled:
+            (root / "node-loss-actors.txt").write_text(stalled)
+            rc = proc.returncode
         res = {"drill": "node loss (second raylet SIGKILL at >=20%)", "run": True, "reached_20pct": reached,
-               "killed_raylets": raylets, "rc": rc, "time_to_recover_s": round(recover, 1)}
+               "killed_raylets": raylets, "rc": rc, "stalled": bool(stalled), "time_to_recover_s": round(recover, 1)}
         res.update(_count(out, n) if (out / "_summary.json").exists() or rc == 0 else {"expected": n, "found": None})
         if rc != 0:  # a failed run must be finished by a rerun
             t1 = time.time()
@@ -140,6 +142,31 @@ def drill_node_loss(n: int, root: Path) -> dict:
                 except ProcessLookupError:
                     pass
         head.stop()
+
+
+def _finish(proc, lines: list[str], stall_s: float, head) -> tuple[int | None, str]:
+    """Read the driver's output until it exits; if it has not exited within ``stall_s`` s, record
+    `ray list actors` (what the job waits for), SIGINT it, then SIGKILL it. ``(rc, actors text or '')``."""
+    import threading
+    t = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    t.start()
+    try:
+        return proc.wait(timeout=stall_s), ""
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        actors = head.ray("list", "actors", f"--address={head.address}", "--limit", "200", timeout=120)
+        listing = actors.stdout + actors.stderr
+    except subprocess.TimeoutExpired:
+        listing = "ray list actors timed out"
+    os.kill(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    t.join(timeout=5)
+    return proc.returncode, listing or "(empty listing)"
 
 
 def _cmd(pid: int) -> str:
@@ -192,13 +219,181 @@ def drill_driver_signal(n: int, root: Path, sig: signal.Signals, name: str) -> d
         head.stop()
 
 
+def _weights_env(base: dict) -> dict:
+    return dict(base, FACEBATCH_WEIGHTS_DIR=str(Path(os.environ.get("FACEBATCH_DATA", REPO.parent / "shared" / "data")) / "weights"))
+
+
+def _latest_rows(out: Path) -> list[tuple]:
+    from facebatch.annotations import read_latest
+    t = read_latest(str(out))
+    cols = [c for c in ("path", "face_index", "status", "box", "smile_label", "eyeglasses_label") if c in t.column_names]
+    return sorted(tuple(json.dumps(r[c], default=str) if c == "box" else r[c] for c in cols) for r in t.select(cols).to_pylist())
+
+
+def drill_annotate_kill(n: int, root: Path) -> dict:
+    """kill -9 of a `facebatch annotate` driver once a part is written, then the same command again;
+    the live view (read_latest) must equal an uninterrupted run's."""
+    from test_job_submit import RayHead
+    src = _subset(max(n, 1), root) / "training"
+    inp = root / f"annotate-input-{n}"
+    if not inp.exists():
+        inp.mkdir()
+        for p in sorted(src.iterdir())[:n]:
+            (inp / p.name).symlink_to(p.resolve())
+    out, ref = root / "annotate-killed", root / "annotate-ref"
+    for d in (out, ref):
+        if d.exists():
+            import shutil
+            shutil.rmtree(d)
+    head = RayHead(num_cpus=2)
+    try:
+        head.wait_ready()
+        cmd = [sys.executable, "jobs/annotate.py", "--address", f"127.0.0.1:{head.gcs_port}", "--input", str(inp),
+               "--shard-size", "4"]
+        env = _weights_env(head.env)
+        proc = subprocess.Popen(cmd + ["--output", str(out)], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        t0 = time.time()
+        while time.time() - t0 < 600 and len(list(out.glob("dt=*/run=*/part-*.parquet"))) < 2 and proc.poll() is None:
+            time.sleep(0.2)
+        parts_at_kill = len(list(out.glob("dt=*/run=*/part-*.parquet")))
+        killed_alive = proc.poll() is None
+        t_kill = time.time()
+        os.kill(proc.pid, signal.SIGKILL)
+        log1 = proc.communicate()[0]
+        r2 = subprocess.run(cmd + ["--output", str(out)], env=env, cwd=REPO, capture_output=True, text=True)
+        recover = time.time() - t_kill
+        r3 = subprocess.run(cmd + ["--output", str(ref)], env=env, cwd=REPO, capture_output=True, text=True)
+        a, b = _latest_rows(out), _latest_rows(ref)
+        paths = [r[0] for r in a]
+        per_image = {}
+        for r in a:
+            per_image.setdefault(r[0], set()).add(r[1])
+        dup = len(a) - len(set(a))
+        res = {"drill": "annotate driver kill -9 after 2 parts, then the same command", "run": True,
+               "killed_while_running": killed_alive, "parts_at_kill": parts_at_kill,
+               "rerun_rc": r2.returncode, "ref_rc": r3.returncode, "expected": n, "found": len(set(paths)),
+               "rows": len(a), "ref_rows": len(b), "duplicates": dup, "equal_to_uninterrupted": a == b,
+               "time_to_recover_s": round(recover, 1),
+               "unfinished_runs_left": [str(d) for d in out.glob("dt=*/run=*") if not (d / "_SUCCESS").exists()]}
+        (root / "annotate-kill.log").write_text(log1 + "\n---- rerun ----\n" + r2.stdout + r2.stderr +
+                                                 "\n---- reference ----\n" + r3.stdout + r3.stderr)
+        return res
+    finally:
+        head.stop()
+
+
+def drill_train_worker(root: Path, data: Path, limit: int = 200) -> dict:
+    """Kill one RayTrainWorker process (SIGKILL, by pid) mid-way through epoch 2 of 2; FailureConfig
+    restarts the worker group from the epoch-1 checkpoint and the run ends with 2 epochs."""
+    from test_job_submit import RayHead
+    import shutil
+    name = "drill-train"
+    storage = root / "train-runs"
+    if (storage / name).exists():
+        shutil.rmtree(storage / name)
+    head = RayHead(num_cpus=2)
+    try:
+        head.wait_ready()
+        cmd = [sys.executable, "-m", "facebatch.cli", "train", "keypoints", "--config", "keypoints68",
+               "--address", f"127.0.0.1:{head.gcs_port}", f"data={json.dumps(str(data))}", "epochs=2",
+               f"limit={limit}", "num_workers=2", "cpus_per_worker=0.5", "input_size=96", "batch_size=16",
+               'model_kwargs={"pretrained": false}', f"storage_path={json.dumps(str(storage))}",
+               f'name="{name}"', "export=null"]
+        proc = subprocess.Popen(cmd, env=_weights_env(head.env), cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        lines: list[str] = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "epoch 1/2 " in line:
+                break
+        time.sleep(3)  # into epoch 2
+        workers = [p for p in _session_pids(head.sid) if "RayTrainWorker" in _cmd(p)]
+        victim = workers[0] if workers else None
+        t_kill = time.time()
+        if victim:
+            os.kill(victim, signal.SIGKILL)
+        lines.extend(proc.stdout)
+        rc = proc.wait()
+        text = "".join(lines)
+        hist_p = storage / name / "history.json"
+        hist = json.loads(hist_p.read_text()) if hist_p.exists() else []
+        res = {"drill": "Ray Train worker SIGKILL mid-epoch 2 of 2", "run": True, "workers_seen": workers,
+               "killed": victim, "rc": rc, "epoch_1_lines": text.count("epoch 1/2 "),
+               "epoch_2_lines": text.count("epoch 2/2 "), "history_epochs": [h.get("epoch") for h in hist],
+               "restored_from_checkpoint": "epoch 1/2 " in text and text.count("epoch 1/2 ") == 1,
+               "expected": 2, "found": len(hist), "duplicates": len(hist) - len({h.get("epoch") for h in hist}),
+               "time_to_recover_s": round(time.time() - t_kill, 1)}
+        (root / "train-worker.log").write_text(text)
+        return res
+    finally:
+        head.stop()
+
+
+def drill_s3_outage(n: int, root: Path, outage_s: float = 60) -> dict:
+    """Preprocess from s3:// (moto's server on 127.0.0.1 behind a TCP proxy); once a fifth of the inputs
+    are done the proxy resets every connection for ``outage_s`` s. Pass: every row ok, each once."""
+    import shutil
+    from moto.server import ThreadedMotoServer
+    from test_job_submit import RayHead
+    from test_preprocess_safety_proxy import FaultProxy
+    src = _subset(n, root)
+    creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    os.environ.update(creds)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    proxy = FaultProxy(host, int(port))
+    out = root / "s3-outage"
+    if out.exists():
+        shutil.rmtree(out)
+    head = RayHead(num_cpus=2)
+    try:
+        import s3fs
+        fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": f"http://{host}:{port}"})
+        fs.mkdir("fb-drill")
+        fs.put(str(src / "training_frames_keypoints.csv"), "fb-drill/in/training_frames_keypoints.csv")
+        files = sorted((src / "training").iterdir())
+        for f in files:
+            fs.put(str(f.resolve()), f"fb-drill/in/training/{f.name}")
+        head.wait_ready()
+        cmd = [sys.executable, "jobs/preprocess.py", "--address", f"127.0.0.1:{head.gcs_port}", "--input",
+               "s3://fb-drill/in", "--format", "udacity68", "--output", str(out), "--progress", "log",
+               "--log-every", "1", "--s3-endpoint-url", proxy.endpoint]
+        proc = subprocess.Popen(cmd, env=dict(_weights_env(head.env), **creds), cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        lines: list[str] = []
+        reached = _wait_progress(proc, 0.2, len(files), lines)
+        t_down = time.time()
+        proxy.down_for(outage_s)
+        lines.extend(proc.stdout)
+        rc = proc.wait()
+        text = "".join(lines)
+        res = {"drill": f"S3 outage {outage_s:g} s (proxy resets connections) at >=20%", "run": True,
+               "reached_20pct": reached, "rc": rc, "refused_connections": proxy.refused,
+               "retry_lines": text.count("[facebatch] retrying"), "outage_s": outage_s,
+               "finished_s_after_outage_start": round(time.time() - t_down, 1),
+               "time_to_recover_s": round(max(0.0, time.time() - t_down - outage_s), 1)}
+        res.update(_count(out, len(files)) if rc == 0 else {"expected": len(files), "found": None})
+        (root / "s3-outage.log").write_text(text)
+        return res
+    finally:
+        head.stop()
+        proxy.close()
+        server.stop()
+
+
 def main(argv=None) -> int:
     if argv is None and sys.argv[1:2] == ["_node"]:
         launch_node(sys.argv[2:])
         return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("drills", nargs="+", choices=["node-loss", "driver-kill", "sigint"])
+    ap.add_argument("drills", nargs="+", choices=["node-loss", "driver-kill", "sigint", "annotate-kill", "train-worker", "s3-outage"])
     ap.add_argument("--images", type=int, default=400)
+    ap.add_argument("--stall-s", type=float, default=300, help="node-loss: give up on the driver after this long")
+    ap.add_argument("--annotate-images", type=int, default=40)
+    ap.add_argument("--train-data", default=str(REPO / "out" / "udacity68"))
+    ap.add_argument("--outage-s", type=float, default=60)
     ap.add_argument("--out", default=str(REPO / "out" / "drills"))
     a = ap.parse_args(argv)
     from facebatch.raycluster import local_ray_env
@@ -209,18 +404,24 @@ def main(argv=None) -> int:
     for d in a.drills:
         t0 = time.time()
         if d == "node-loss":
-            r = drill_node_loss(a.images, root)
+            r = drill_node_loss(a.images, root, a.stall_s)
         elif d == "driver-kill":
             r = drill_driver_signal(a.images, root, signal.SIGKILL, "driver-kill")
-        else:
+        elif d == "sigint":
             r = drill_driver_signal(a.images, root, signal.SIGINT, "sigint")
+        elif d == "annotate-kill":
+            r = drill_annotate_kill(a.annotate_images, root)
+        elif d == "train-worker":
+            r = drill_train_worker(root, Path(a.train_data))
+        else:
+            r = drill_s3_outage(a.images, root, a.outage_s)
         r["drill_wall_s"] = round(time.time() - t0, 1)
         print(json.dumps(r), flush=True)
         results.append(r)
         (root / f"{d}.json").write_text(json.dumps(r, indent=2))
     print("\n| drill | expected | found | duplicates | time to recover (s) | notes |\n|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['drill']} | {r['expected']} | {r['found']} | {r.get('duplicates')} | {r['time_to_recover_s']} | "
+        print(f"| {r['drill']} | {r.get('expected')} | {r.get('found')} | {r.get('duplicates')} | {r['time_to_recover_s']} | "
               f"rc {r.get('rc', r.get('first_rc'))} -> {r.get('rerun_rc', '-')} |")
     return 0
 
