@@ -414,6 +414,8 @@ def _run_checked(cfg, address, random_weights, options, records, skipped, prints
                 left = [i for i in todo if i not in results]
                 if not left:
                     break
+                if attempt > 1:  # a lost node took its CPUs with it: size the new pool from the nodes alive now
+                    n, cpw, threads = _replan_after_loss(cfg, results, len(shards))
                 try:
                     _run_pipeline(cfg, shards, hashes, left, min(n, len(left)), cpw, threads, metadata, options,
                                   random_weights, results, finished, progress)
@@ -492,6 +494,49 @@ def _precheck_local(cfg: PreprocessConfig, address: str | None) -> None:
         gpus = torch.cuda.device_count()
     cpus = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     plan_workers(cfg, cpus, gpus)
+
+
+def _raylet_reachable(node: dict) -> bool:
+    import socket
+    try:
+        socket.create_connection((node["NodeManagerAddress"], int(node["NodeManagerPort"])), timeout=3).close()
+        return True
+    except (OSError, KeyError, ValueError):
+        return False
+
+
+def _alive_resources(wait_s: float = 60.0) -> tuple[float, float, float | None]:
+    """``(CPUs, GPUs, largest node's CPUs)`` of the nodes alive now. The lost worker's error comes
+    before the cluster has marked its node dead (health checks take seconds): wait up to ``wait_s``
+    for nodes whose raylet no longer answers to be marked dead, and leave them out in any case."""
+    import ray
+    deadline = time.time() + wait_s
+    while True:
+        alive = [nd for nd in ray.nodes() if nd.get("Alive")]
+        gone = [nd for nd in alive if not _raylet_reachable(nd)]
+        if not gone or time.time() > deadline:
+            break
+        time.sleep(1.0)
+    res = [nd["Resources"] for nd in alive if nd not in gone]
+    return (sum(r.get("CPU", 0) for r in res), sum(r.get("GPU", 0) for r in res),
+            max((r.get("CPU", 0) for r in res), default=None))
+
+
+def _replan_after_loss(cfg: PreprocessConfig, results: dict, n_shards: int) -> tuple[int, float, int]:
+    """The pool for a rerun after a lost worker, from the nodes alive now.
+
+    The first pool was sized from the cluster at the start; after a node is lost, a pool of that
+    size waits forever for actors no node can hold (and its placed actors can leave no CPU for the
+    read tasks), so the rerun stalled. Plan it again from the nodes that are left.
+    """
+    cpus, gpus, largest = _alive_resources()
+    try:
+        n, cpw, threads = plan_workers(cfg, cpus, gpus, node_cpus=largest)
+    except ValueError as exc:
+        raise JobFailed(f"a worker was lost and the nodes left cannot hold the pool: {exc}; "
+                        f"{_finished_note(results, n_shards)}; rerun the same command with --resume") from exc
+    log.warning("nodes alive now: %g CPUs, %g GPUs; detection actors for the rerun: %d x %.2f CPU", cpus, gpus, n, cpw)
+    return n, cpw, threads
 
 
 def _largest_node_cpus() -> float | None:
