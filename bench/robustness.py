@@ -106,6 +106,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         axes[1].plot(xs, ys, marker="o", color="C3")
     axes[1].set(xlabel="image scale", ylabel="NME (inter-ocular)", title="keypoints, udacity68 val", xscale="log")
     for ax in axes:
+        ax.minorticks_off()
         ax.set_xticks(xs, [f"{x:g}" for x in xs])
         ax.grid(alpha=0.3)
     fig.suptitle(title)
