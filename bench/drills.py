@@ -283,7 +283,7 @@ def drill_annotate_kill(n: int, root: Path) -> dict:
         head.stop()
 
 
-def drill_train_worker(root: Path, data: Path, limit: int = 200) -> dict:
+def drill_train_worker(root: Path, data: Path, limit: int = 200, kill_after_s: float = 1.0) -> dict:
     """Kill one RayTrainWorker process (SIGKILL, by pid) mid-way through epoch 2 of 2; FailureConfig
     restarts the worker group from the epoch-1 checkpoint and the run ends with 2 epochs."""
     from test_job_submit import RayHead
@@ -297,7 +297,7 @@ def drill_train_worker(root: Path, data: Path, limit: int = 200) -> dict:
         head.wait_ready()
         cmd = [sys.executable, "-m", "facebatch.cli", "train", "keypoints", "--config", "keypoints68",
                "--address", f"127.0.0.1:{head.gcs_port}", f"data={json.dumps(str(data))}", "epochs=2",
-               f"limit={limit}", "num_workers=2", "cpus_per_worker=0.5", "input_size=96", "batch_size=16",
+               f"limit={limit}", "num_workers=2", "cpus_per_worker=0.5", "input_size=128", "batch_size=8",
                'model_kwargs={"pretrained": false}', f"storage_path={json.dumps(str(storage))}",
                f'name="{name}"', "export=null"]
         proc = subprocess.Popen(cmd, env=_weights_env(head.env), cwd=REPO, stdout=subprocess.PIPE,
@@ -305,14 +305,15 @@ def drill_train_worker(root: Path, data: Path, limit: int = 200) -> dict:
         lines: list[str] = []
         for line in proc.stdout:
             lines.append(line)
-            if "epoch 1/2 " in line:
+            if "Reporting training result 1" in line:  # epoch 1's checkpoint is written: epoch 2 starts
                 break
-        time.sleep(3)  # into epoch 2
+        time.sleep(kill_after_s)  # into epoch 2
         workers = [p for p in _session_pids(head.sid) if "RayTrainWorker" in _cmd(p)]
         victim = workers[0] if workers else None
         t_kill = time.time()
         if victim:
             os.kill(victim, signal.SIGKILL)
+        n_before = len(lines)
         lines.extend(proc.stdout)
         rc = proc.wait()
         text = "".join(lines)
@@ -323,6 +324,7 @@ def drill_train_worker(root: Path, data: Path, limit: int = 200) -> dict:
                "epoch_2_lines": text.count("epoch 2/2 "), "history_epochs": [h.get("epoch") for h in hist],
                "restored_from_checkpoint": "epoch 1/2 " in text and text.count("epoch 1/2 ") == 1,
                "expected": 2, "found": len(hist), "duplicates": len(hist) - len({h.get("epoch") for h in hist}),
+               "epoch_2_done_before_kill": any("epoch 2/2 " in ln for ln in lines[:n_before]),
                "time_to_recover_s": round(time.time() - t_kill, 1)}
         (root / "train-worker.log").write_text(text)
         return res
@@ -340,6 +342,8 @@ def drill_s3_outage(n: int, root: Path, outage_s: float = 60) -> dict:
     src = _subset(n, root)
     creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
     os.environ.update(creds)
+    import logging
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's server logs every request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -403,6 +407,7 @@ def main(argv=None) -> int:
     results = []
     for d in a.drills:
         t0 = time.time()
+        load0 = os.getloadavg()[0]
         if d == "node-loss":
             r = drill_node_loss(a.images, root, a.stall_s)
         elif d == "driver-kill":
@@ -416,6 +421,7 @@ def main(argv=None) -> int:
         else:
             r = drill_s3_outage(a.images, root, a.outage_s)
         r["drill_wall_s"] = round(time.time() - t0, 1)
+        r["load_avg_1min"] = [round(load0, 1), round(os.getloadavg()[0], 1)]  # at start, at end (2 cores)
         print(json.dumps(r), flush=True)
         results.append(r)
         (root / f"{d}.json").write_text(json.dumps(r, indent=2))
