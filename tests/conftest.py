@@ -30,6 +30,17 @@ def one_torch_thread():
     torch.set_num_threads(old)
 
 
+@pytest.fixture
+def forbid_ray_init(monkeypatch):
+    """Fail if the code under test starts or joins Ray (works whether or not the session's local
+    Ray is already up, unlike checking ``ray.is_initialized()``)."""
+    import ray
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("this code path must not start or join Ray")
+    monkeypatch.setattr(ray, "init", refuse)
+
+
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     return _need(data_dir(), "shared data folder")

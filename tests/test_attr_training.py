@@ -325,7 +325,7 @@ def test_multitask_train_export_evaluate_enroll(ray_session, attr_data, tmp_path
     meta = info["meta"]
     assert meta["attributes"] == ["smile", "eyeglasses"] and meta["input_size"] == 64
     assert meta["identities"] == sorted(attr_data["train_people"]) and info["model_kwargs"]["n_identities"] == n_people
-    assert meta["crop_frame"] == {"margin": 0.2, "crop_size": 256, "jpeg_quality": 95}  # read from the data
+    assert meta["crop_frame"] == {"margin": 0.2, "crop_size": 96, "jpeg_quality": 95}  # the fixture's crops
     assert export.stat().st_size < 25e6
 
     ev = evaluate_attributes(str(export), str(attr_data["celeba"]), None, str(tmp_path / "ev-celeba"))
