@@ -1,6 +1,7 @@
 """Fault drills for the preprocess job on a real Ray cluster on 127.0.0.1 (not tests: they kill things).
 
     .venv/bin/python bench/drills.py node-loss driver-kill sigint [--images 400]
+    .venv/bin/python bench/drills.py annotate-node-loss s3-outage-long
 
 Each drill starts its own head (`ray start --head`, own temp dir and ports, see
 tests/test_job_submit.py) and stops it by the process ids it started. Results (rows expected,
@@ -11,6 +12,14 @@ out/drills/ for docs/RELIABILITY.md.
   (SIGKILL, by pid) once a fifth of the inputs are done. Pass: the run finishes with every row once.
 - driver-kill: `kill -9` of the driver mid-run, then the same command with --resume.
 - sigint: SIGINT (Ctrl-C) to the driver mid-run; it must exit, and --resume must finish the rows.
+- annotate-node-loss: `facebatch annotate` (200 images, shard size 16) on a head (1 CPU) plus a second
+  node (2 CPUs); the second raylet is killed once a fifth of the parts are written. Annotate has no
+  in-run rerun: pass is a clear failure (or a finish) and the same command again completing, with
+  read_latest holding every listed image exactly once.
+- s3-outage: preprocess from s3:// through a proxy that resets connections for --outage-s (60) s.
+- s3-outage-long: the same with --long-outage-s 120 against --retry-seconds 30 (4x the budget, in
+  place of a 10-minute outage); markers are checked against rows, then --resume once S3 is back
+  (after a failure or when rows a retry could fix remain) must leave every row ok, once.
 
 A second node on one machine. With RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (every port on
 127.0.0.1) `ray start --address=...` refuses to add a worker node; with it unset Ray binds the
@@ -98,19 +107,13 @@ def _count(out: Path, total: int) -> dict:
 
 
 def drill_node_loss(n: int, root: Path, stall_s: float = 300) -> dict:
-    from test_job_submit import RayHead, _free_ports
+    from test_job_submit import RayHead
     inp, out = _subset(n, root), root / "node-loss"
     head = RayHead(num_cpus=1)
     node = None
     try:
         head.wait_ready()
-        nm, om, ag, agg, me, rte = _free_ports(6)
-        node_cmd = [sys.executable, __file__, "_node", f"--address=127.0.0.1:{head.gcs_port}", "--num-cpus=2", "--block",
-                    f"--node-manager-port={nm}", f"--object-manager-port={om}", f"--dashboard-agent-listen-port={ag}",
-                    f"--dashboard-agent-grpc-port={agg}", f"--metrics-export-port={me}", f"--runtime-env-agent-port={rte}",
-                    "--min-worker-port=61000", "--max-worker-port=61199", "--disable-usage-stats"]
-        node = subprocess.Popen(node_cmd, env=head.env, cwd=REPO, stdout=open(root / "node.log", "w"),
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        node = _start_second_node(head, root)
         time.sleep(15)
         proc = _run_driver(head, inp, out)
         lines: list[str] = []
@@ -188,6 +191,141 @@ def _session_pids(sid: int) -> list[int]:
             except (ProcessLookupError, PermissionError):
                 pass
     return out
+
+
+def _start_second_node(head, root: Path, log_name: str = "node.log"):
+    """The second node (2 CPUs) through the test-only launcher; returns its Popen (session leader)."""
+    from test_job_submit import _free_ports
+    nm, om, ag, agg, me, rte = _free_ports(6)
+    node_cmd = [sys.executable, __file__, "_node", f"--address=127.0.0.1:{head.gcs_port}", "--num-cpus=2", "--block",
+                f"--node-manager-port={nm}", f"--object-manager-port={om}", f"--dashboard-agent-listen-port={ag}",
+                f"--dashboard-agent-grpc-port={agg}", f"--metrics-export-port={me}", f"--runtime-env-agent-port={rte}",
+                "--min-worker-port=61000", "--max-worker-port=61199", "--disable-usage-stats"]
+    return subprocess.Popen(node_cmd, env=head.env, cwd=REPO, stdout=open(root / log_name, "w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _kill_session(sid: int) -> None:
+    for p in _session_pids(sid):
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def drill_annotate_node_loss(n: int, root: Path, stall_s: float = 300, shard_size: int = 16) -> dict:
+    """`facebatch annotate` on a head (1 CPU) plus a second node (2 CPUs); the second node's raylet is
+    killed (SIGKILL, by pid) once a fifth of the parts are written. Annotate has no in-run rerun of
+    lost shards: acceptable is a clear failure ("rerun the same command") and a rerun of the same
+    command that completes, with read_latest holding every listed image exactly once."""
+    import shutil
+    from test_job_submit import RayHead
+    src = _subset(max(n, 1), root) / "training"
+    inp = root / f"annotate-input-{n}"
+    if not inp.exists():
+        inp.mkdir()
+        for p in sorted(src.iterdir())[:n]:
+            (inp / p.name).symlink_to(p.resolve())
+    listing = sorted(str(p.name) for p in inp.iterdir())
+    out = root / "annotate-node-loss"
+    if out.exists():
+        shutil.rmtree(out)
+    n_parts = -(-len(listing) // shard_size)
+    head = RayHead(num_cpus=1)
+    node = None
+    try:
+        head.wait_ready()
+        node = _start_second_node(head, root, "annotate-node.log")
+        time.sleep(15)
+        cmd = [sys.executable, "jobs/annotate.py", "--address", f"127.0.0.1:{head.gcs_port}", "--input", str(inp),
+               "--output", str(out), "--shard-size", str(shard_size)]
+        env = _weights_env(head.env)
+        t_start = time.time()
+        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+        lines: list[str] = []
+        import threading
+        reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+        reader.start()
+        want = max(1, n_parts // 5)
+        while (proc.poll() is None and len(list(out.glob("dt=*/run=*/part-*.parquet"))) < want
+               and time.time() - t_start < 900):
+            time.sleep(0.2)
+        parts_at_kill = len(list(out.glob("dt=*/run=*/part-*.parquet")))
+        killed_while_running = proc.poll() is None
+        raylets = [p for p in _session_pids(node.pid) if "raylet" in _cmd(p).split(" ")[0]]
+        t_kill = time.time()
+        for p in raylets:
+            os.kill(p, signal.SIGKILL)
+        stalled = ""
+        try:
+            proc.wait(timeout=stall_s)
+        except subprocess.TimeoutExpired:
+            try:
+                stalled = head.ray("list", "actors", f"--address={head.address}", "--limit", "200",
+                                   timeout=120).stdout or "(empty listing)"
+            except subprocess.TimeoutExpired:
+                stalled = "ray list actors timed out"
+            os.kill(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        reader.join(timeout=10)
+        rc1, first_s = proc.returncode, round(time.time() - t_kill, 1)
+        text1 = "".join(lines)
+        if stalled:
+            (root / "annotate-node-loss-actors.txt").write_text(stalled)
+        clear = [ln.strip() for ln in text1.splitlines() if "rerun" in ln or "JobFailed" in ln or "nothing" in ln][-3:]
+        r2 = None
+        if rc1 != 0:
+            r2 = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=1200)
+        recover = time.time() - t_kill
+        rows = _latest_rows(out)
+        keys = [(r[0], r[1]) for r in rows]
+        found = sorted({Path(r[0]).name for r in rows})
+        res = {"drill": "annotate node loss (second raylet SIGKILL at >=20% of parts), then the same command",
+               "run": True, "killed_while_running": killed_while_running, "parts_at_kill": parts_at_kill,
+               "parts_planned": n_parts, "killed_raylets": raylets, "first_rc": rc1, "first_ended_s_after_kill": first_s,
+               "first_stalled": bool(stalled), "failure_lines": clear,
+               "rerun_rc": None if r2 is None else r2.returncode, "expected": len(listing), "found": len(found),
+               "found_equals_listing": found == listing, "rows": len(rows), "duplicates": len(keys) - len(set(keys)),
+               "statuses": {s: [r[2] for r in rows].count(s) for s in {r[2] for r in rows}},
+               "time_to_recover_s": round(recover, 1),
+               "unfinished_runs_left": [str(d) for d in out.glob("dt=*/run=*") if not (d / "_SUCCESS").exists()]}
+        (root / "annotate-node-loss.log").write_text(text1 + "\n---- rerun ----\n" +
+                                                      ("" if r2 is None else r2.stdout + r2.stderr))
+        return res
+    finally:
+        if node is not None:
+            _kill_session(node.pid)
+        head.stop()
+
+
+def _markers_vs_rows(out: Path) -> dict:
+    """Each done-marker against its part's rows: a marker is 'clean' when its part exists, has the
+    marker's row count and every input row ok; markers that admit read errors are redone by --resume."""
+    import pyarrow.parquet as pq
+    clean, with_errors, mismatched = [], [], []
+    for m in sorted((out / "_done").glob("part-*.json")):
+        st = json.loads(m.read_text())
+        part = out / m.name.replace(".json", ".parquet")
+        if not part.exists():
+            mismatched.append(m.name)
+            continue
+        t = pq.read_table(part, columns=["status"])
+        statuses = t.column("status").to_pylist()
+        counts = {s: statuses.count(s) for s in set(statuses)}
+        if len(statuses) != st.get("n_rows") or counts != st.get("status_counts"):
+            mismatched.append(m.name)
+        elif set(counts) - {"ok", "no_face"}:
+            with_errors.append({m.name: counts})
+        else:
+            clean.append(m.name)
+    parts = sorted(p.name for p in out.glob("part-*.parquet"))
+    return {"markers_clean": len(clean), "markers_with_errors": with_errors, "markers_mismatched": mismatched,
+            "parts_on_disk": len(parts)}
 
 
 def drill_driver_signal(n: int, root: Path, sig: signal.Signals, name: str) -> dict:
@@ -352,9 +490,14 @@ def drill_train_worker(root: Path, data: Path, limit: int = 200, kill_after_s: f
         head.stop()
 
 
-def drill_s3_outage(n: int, root: Path, outage_s: float = 60) -> dict:
+def drill_s3_outage(n: int, root: Path, outage_s: float = 60, retry_s: float | None = None,
+                    name: str = "s3-outage") -> dict:
     """Preprocess from s3:// (moto's server on 127.0.0.1 behind a TCP proxy); once a fifth of the inputs
-    are done the proxy resets every connection for ``outage_s`` s. Pass: every row ok, each once."""
+    are done the proxy resets every connection for ``outage_s`` s. Pass: every row ok, each once.
+
+    With ``retry_s`` (``--retry-seconds``) shorter than the outage (drill s3-outage-long) the run must
+    fail clearly ("rerun ... with --resume"), no done-marker may claim a shard whose inputs were not
+    all read, and once S3 is back the same command with --resume must finish every row ok, once."""
     import shutil
     from moto.server import ThreadedMotoServer
     from test_job_submit import RayHead
@@ -368,7 +511,7 @@ def drill_s3_outage(n: int, root: Path, outage_s: float = 60) -> dict:
     server.start()
     host, port = server.get_host_and_port()
     proxy = FaultProxy(host, int(port))
-    out = root / "s3-outage"
+    out = root / name
     if out.exists():
         shutil.rmtree(out)
     head = RayHead(num_cpus=2)
@@ -384,6 +527,8 @@ def drill_s3_outage(n: int, root: Path, outage_s: float = 60) -> dict:
         cmd = [sys.executable, "jobs/preprocess.py", "--address", f"127.0.0.1:{head.gcs_port}", "--input",
                "s3://fb-drill/in", "--format", "udacity68", "--output", str(out), "--progress", "log",
                "--log-every", "1", "--s3-endpoint-url", proxy.endpoint]
+        if retry_s is not None:
+            cmd += ["--retry-seconds", f"{retry_s:g}"]
         proc = subprocess.Popen(cmd, env=dict(_weights_env(head.env), **creds), cwd=REPO, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
         lines: list[str] = []
@@ -399,7 +544,30 @@ def drill_s3_outage(n: int, root: Path, outage_s: float = 60) -> dict:
                "finished_s_after_outage_start": round(time.time() - t_down, 1),
                "time_to_recover_s": round(max(0.0, time.time() - t_down - outage_s), 1)}
         res.update(_count(out, len(files)) if rc == 0 else {"expected": len(files), "found": None})
-        (root / "s3-outage.log").write_text(text)
+        if retry_s is not None:
+            res["retry_s"] = retry_s
+            res["failed_in_s_after_outage_start"] = res.pop("finished_s_after_outage_start")
+            res["resume_hint_printed"] = "--resume" in text
+            res["failure_lines"] = [ln.strip()[:400] for ln in text.splitlines() if "rerun" in ln][-2:]
+            res["after_first_run"] = _markers_vs_rows(out) if out.exists() else {}
+            wait = t_down + outage_s + 2 - time.time()
+            res["s3_still_down_at_exit"] = wait > 0
+            if wait > 0:
+                time.sleep(wait)  # S3 back
+            first_status = res.get("status") or {}
+            res["first_status"] = first_status
+            if rc != 0 or first_status.get("read_error") or first_status.get("detect_error"):
+                # a failed run, or one that ended with rows a retry could fix: --resume once S3 is back
+                r2 = subprocess.run(cmd + ["--resume"], env=dict(_weights_env(head.env), **creds), cwd=REPO,
+                                    capture_output=True, text=True, timeout=1200)
+                text += "\n---- rerun --resume ----\n" + r2.stdout + r2.stderr
+                res["rerun_rc"] = r2.returncode
+                res["skipped_on_resume"] = [ln.strip()[:300] for ln in (r2.stdout + r2.stderr).splitlines()
+                                            if "skipped" in ln][:2]
+                res["time_to_recover_s"] = round(time.time() - t_down - outage_s, 1)
+                res.update(_count(out, len(files)))
+                res["after_rerun"] = _markers_vs_rows(out)
+        (root / f"{name}.log").write_text(text)
         return res
     finally:
         head.stop()
@@ -412,12 +580,16 @@ def main(argv=None) -> int:
         launch_node(sys.argv[2:])
         return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("drills", nargs="+", choices=["node-loss", "driver-kill", "sigint", "annotate-kill", "train-worker", "s3-outage"])
+    ap.add_argument("drills", nargs="+", choices=["node-loss", "driver-kill", "sigint", "annotate-kill", "train-worker", "s3-outage",
+                                                "annotate-node-loss", "s3-outage-long"])
     ap.add_argument("--images", type=int, default=400)
     ap.add_argument("--stall-s", type=float, default=300, help="node-loss: give up on the driver after this long")
     ap.add_argument("--annotate-images", type=int, default=40)
     ap.add_argument("--train-data", default=str(REPO / "out" / "udacity68"))
     ap.add_argument("--outage-s", type=float, default=60)
+    ap.add_argument("--long-outage-s", type=float, default=120, help="s3-outage-long: outage (4x --long-retry-s)")
+    ap.add_argument("--long-retry-s", type=float, default=30, help="s3-outage-long: the job's --retry-seconds")
+    ap.add_argument("--annotate-node-loss-images", type=int, default=200)
     ap.add_argument("--out", default=str(REPO / "out" / "drills"))
     a = ap.parse_args(argv)
     from facebatch.raycluster import local_ray_env
@@ -438,6 +610,10 @@ def main(argv=None) -> int:
             r = drill_annotate_kill(a.annotate_images, root)
         elif d == "train-worker":
             r = drill_train_worker(root, Path(a.train_data))
+        elif d == "annotate-node-loss":
+            r = drill_annotate_node_loss(a.annotate_node_loss_images, root, a.stall_s)
+        elif d == "s3-outage-long":
+            r = drill_s3_outage(a.images, root, a.long_outage_s, retry_s=a.long_retry_s, name="s3-outage-long")
         else:
             r = drill_s3_outage(a.images, root, a.outage_s)
         r["drill_wall_s"] = round(time.time() - t0, 1)
