@@ -86,13 +86,19 @@ def print_summary(s: dict, stream=sys.stdout) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .lock import LockHeld
-    from .pipeline import run_annotate
+    from .pipeline import JobFailed, run_annotate
     cfg = config_from_args(args)
     try:
         summary = run_annotate(cfg, address=args.address)
     except LockHeld as exc:
         print(f"facebatch annotate: error: {exc}", file=sys.stderr)
         return 4
+    except JobFailed as exc:  # a lost node or worker: nothing was committed, the same command finishes it
+        if getattr(args, "verbose", False):
+            import traceback
+            traceback.print_exc()
+        print(f"facebatch annotate: error: {exc}", file=sys.stderr)
+        return 1
     if summary.get("dry_run"):
         print(f"dry run: listed {summary['listed']}; would process {len(summary['would_process'])} "
               f"(new {summary['new']}, changed {summary['changed']}, retried {summary['retried']}), "

@@ -379,5 +379,7 @@ def _summary(cfg, run_id, folder, listing, d, results, finished, skipped, recove
 
 
 def _short(exc: BaseException) -> str:
+    """One line for a failed run: the node-death cause when Ray gives one, else the error's last line."""
     text = [t for t in str(exc).strip().splitlines() if t.strip()]
-    return f"{type(exc).__name__}: {text[-1] if text else ''}"[:300]
+    died = [t.strip() for t in text if "node" in t.lower() and ("died" in t.lower() or "dead" in t.lower())]
+    return f"{type(exc).__name__}: {(died or text or [''])[-1]}"[:300]
