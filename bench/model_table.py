@@ -145,6 +145,19 @@ def attribute_table(rows: list[dict]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def replace_section(marker: str, section: str, path: Path = REPO / "docs" / "MODELS.md") -> None:
+    """Put ``section`` at the end of docs/MODELS.md, replacing the previous section that starts with ``marker``."""
+    text = path.read_text() if path.exists() else (
+        "# Model comparison\n\nWritten by `bench/model_table.py`: every model trained and evaluated through "
+        "the CLI on by-person held-out splits. Seed baselines use the seed projects' architectures; where "
+        "the schedule is shorter than the seed's, the config says so.\n\n")
+    if marker in text:
+        start = text.index(marker)
+        nxt = text.find("\n## ", start + 1)
+        text = text[:start] + text[nxt + 1:] if nxt != -1 else text[:start]
+    path.write_text(text.rstrip() + "\n\n" + section)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--group", choices=["keypoints", "attributes"], required=True)
@@ -162,17 +175,7 @@ def main(argv: list[str] | None = None) -> None:
                f"<details><summary>all metrics</summary>\n\n```json\n{json.dumps(rows, indent=1, default=str)}\n```\n</details>\n")
     print(section)
     if not args.no_docs:
-        path = REPO / "docs" / "MODELS.md"
-        text = path.read_text() if path.exists() else (
-            "# Model comparison\n\nWritten by `bench/model_table.py`: every model trained and evaluated through "
-            "the CLI on by-person held-out splits. Seed baselines use the seed projects' architectures; where "
-            "the schedule is shorter than the seed's, the config says so.\n\n")
-        marker = f"## {args.group}, "
-        if marker in text:  # replace this group's previous section
-            start = text.index(marker)
-            nxt = text.find("\n## ", start + 1)
-            text = text[:start] + text[nxt + 1:] if nxt != -1 else text[:start]
-        path.write_text(text.rstrip() + "\n\n" + section)
+        replace_section(f"## {args.group}, ", section)
 
 
 if __name__ == "__main__":

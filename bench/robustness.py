@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from model_table import FB, REPO, fmt, sh  # noqa: E402
+from model_table import FB, REPO, fmt, replace_section, sh  # noqa: E402
 
 DATA = Path(os.environ.get("FACEBATCH_DATA", REPO.parent / "shared" / "data"))
 GRID = ["none", "scale=0.5", "scale=0.33", "scale=0.25", "jpeg=90", "jpeg=30"]
@@ -139,14 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.no_docs:
         return
     plot(rows, png, f"facebatch {name} models on degraded photos")
-    path = REPO / "docs" / "MODELS.md"
-    text = path.read_text()
-    marker = f"## robustness ({name}), "
-    if marker in text:
-        start = text.index(marker)
-        nxt = text.find("\n## ", start + 1)
-        text = text[:start] + text[nxt + 1:] if nxt != -1 else text[:start]
-    path.write_text(text.rstrip() + "\n\n" + section)
+    replace_section(f"## robustness ({name}), ", section)
 
 
 if __name__ == "__main__":
