@@ -44,6 +44,18 @@ def filesystem(uri: str, options: dict[str, Any] | None = None) -> tuple[fsspec.
     return fs, os.path.abspath(os.path.expanduser(uri))
 
 
+def object_info(path: str, options: dict[str, Any] | None = None, known: dict | None = None) -> dict:
+    """The listing info of one object (size, ETag or mtime): ``known`` when the lister already gave
+    it, else a stat now; ``{}`` when the object cannot be stat'ed (the read then gives it a status)."""
+    if known is not None:
+        return known
+    try:
+        fs, p = filesystem(path, options)
+        return fs.info(p)
+    except Exception:
+        return {}
+
+
 def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
 

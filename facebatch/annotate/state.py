@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import io
-import json
 import os
 import uuid
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .. import schema as S
-from ..storage import filesystem, join
+from ..storage import filesystem, join, object_info
 
 STATE_DIR = "_state"
 MANIFEST = "manifest.parquet"
@@ -117,13 +116,7 @@ def list_source(src: str, options: dict) -> tuple[pa.Table, dict]:
         raise
     paths, etags, sizes, mtimes = [], [], [], []
     for rec in records:
-        info = listing.info.get(rec.path)
-        if info is None:
-            try:
-                fs, p = filesystem(rec.path, options)
-                info = fs.info(p)
-            except Exception:  # gone already: the read gives it a read_error row
-                info = {}
+        info = object_info(rec.path, options, listing.info.get(rec.path))  # {} if gone: read_error later
         paths.append(rec.path)
         etags.append(_etag(info))
         sizes.append(info.get("size"))

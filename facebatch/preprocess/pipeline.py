@@ -19,7 +19,7 @@ from collections import Counter
 from typing import Any
 
 from .. import schema as S
-from ..storage import check_writable, filesystem, join, storage_options
+from ..storage import check_writable, filesystem, join, object_info, storage_options
 from .config import PreprocessConfig, plan_workers
 from .progress import Progress
 from .shards import (
@@ -298,13 +298,7 @@ def fingerprints(items: list, info: dict[str, dict], options: dict) -> list[str]
             out.append(input_fingerprint(rec.path, len(rec.image_bytes), hashlib.sha256(rec.image_bytes).hexdigest(),
                                          labels))
             continue
-        st = info.get(rec.path)
-        if st is None:
-            try:
-                fs, p = filesystem(rec.path, options)
-                st = fs.info(p)
-            except Exception:  # unreadable now: the read gives the row its status
-                st = {}
+        st = object_info(rec.path, options, info.get(rec.path))  # {} if unreadable: the read gives its status
         version = st.get("ETag") or st.get("etag") or st.get("mtime") or st.get("LastModified")
         out.append(input_fingerprint(rec.path, st.get("size"), version, labels))
     return out
@@ -345,8 +339,6 @@ def run_preprocess(cfg: PreprocessConfig, address: str | None = None, random_wei
     with ``resume``); :class:`Interrupted` on Ctrl-C; :class:`~facebatch.preprocess.shards.OutputCheckError`
     when the written rows do not match the listing.
     """
-    from .. import __version__
-    from ..provenance import provenance
     t_start = time.perf_counter()
     cfg.validate()
     options = storage_options(cfg.s3_endpoint_url)
