@@ -69,3 +69,26 @@ def test_evaluate_with_degrade_moves_labels_and_records_the_spec(ray_session, ud
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["degrade"]["spec"] == "scale=0.5"
     with pytest.raises(ValueError, match="preprocess output"):
         evaluate_keypoints("keypoints68", str(pre), None, str(tmp_path / "ev2"), degrade="jpeg=30")
+
+
+def test_preprocess_rows_take_the_labelled_face_not_the_largest():
+    """A labelled photo with a larger bystander: the row (and its keypoint labels) is the labelled face."""
+    from types import SimpleNamespace
+
+    from facebatch import schema as S
+    from facebatch.preprocess.rows import CropConfig, rows_for_image
+    image = np.zeros((400, 400, 3), np.uint8)
+    from facebatch.detection import Face
+    small = Face(np.array([100, 100, 140, 140], np.float32), 0.9, np.zeros((5, 2), np.float32))
+    big = Face(np.array([200, 200, 380, 380], np.float32), 0.99, np.zeros((5, 2), np.float32))
+    rec = SimpleNamespace(keypoints=np.array([[110, 110], [130, 110], [120, 130]], np.float32),
+                          keypoint_scheme="ibug68", attributes=None, identity=None, person="p")
+    base = {S.STATUS: S.OK, S.PATH: "x.jpg"}
+    cfg = CropConfig(crop_size=64, keep_crops=False)
+    (row,) = rows_for_image(base, image, [big, small], rec, cfg)
+    assert row[S.BOX] == [100, 100, 140, 140] and row[S.FACE_INDEX] == 1 and row[S.KEYPOINTS_NORM] is not None
+    rec.keypoints = rec.keypoints + 1000  # matches no face: the largest, without keypoint labels, saying why
+    (row,) = rows_for_image(base, image, [big, small], rec, cfg)
+    assert row[S.BOX] == [200, 200, 380, 380] and row[S.KEYPOINTS_NORM] is None and "match no detected" in row[S.ERROR]
+    rows = rows_for_image(base, image, [big, small], rec, CropConfig(crop_size=64, keep_crops=False, all_faces=True))
+    assert len(rows) == 2

@@ -380,3 +380,12 @@ def test_s3_images_with_local_labels(s3, tmp_path):
     labels.write_text("path,smile\nx.jpg,1\n")
     recs = list_records(f"s3://{b}/imgs", "csv", labels=str(labels), filesystem=s3)
     assert [(r.path, r.attributes) for r in recs] == [(f"s3://{b}/imgs/x.jpg", {"smile": 1})]
+
+
+def test_person_of_300w_names_groups_faces_of_one_photo():
+    from facebatch.formats.udacity68 import person_of
+    assert person_of("Emmy_Rossum_20.jpg") == "Emmy_Rossum"
+    assert person_of("lfpw_image_0001.jpg") != person_of("lfpw_image_0002.jpg")
+    assert person_of("afw_111076519_1.jpg") == person_of("afw_111076519_2.jpg") == "afw_111076519"
+    assert person_of("helen_100040721_1.jpg") == person_of("helen_100040721_2.jpg")
+    assert person_of("helen_100040721_1.jpg") != person_of("helen_100032540_1.jpg")

@@ -194,3 +194,33 @@ def test_inverse_matrix_maps_back(face):
     back = transform_points(res.points, invert(res.matrix))
     src = np.array(IBUG68.flip_perm) if res.flipped else np.arange(68)
     np.testing.assert_allclose(back, pts[src], atol=1e-3)
+
+
+def test_downscale_and_occluder_change_pixels_not_points(face):
+    """Resolution loss blurs the face (less high-frequency energy) and an occluder paints a flat
+    box; neither moves the points, and both are off unless asked for."""
+    image, pts, box = face
+    base = AugmentConfig(flip_p=0.0, rotate_deg=0.0, scale=(1.0, 1.0), shift=0.0, brightness=0.0, contrast=0.0,
+                         saturation=0.0, blur_p=0.0)
+    plain = augment(image, pts, IBUG68, np.random.default_rng(5), base, out_size=128, crop_box=box)
+    assert plain.params["downscale"] == 1.0 and "occluder" not in plain.params
+    cfg = AugmentConfig(**{**base.__dict__, "downscale_p": 1.0, "downscale": (0.3, 0.3)})
+    low = augment(image, pts, IBUG68, np.random.default_rng(5), cfg, out_size=128, crop_box=box)
+    np.testing.assert_allclose(low.points, plain.points)
+
+    def detail(img):  # mean absolute Laplacian of the grey image
+        g = _grey(img)
+        return np.abs(4 * g[1:-1, 1:-1] - g[:-2, 1:-1] - g[2:, 1:-1] - g[1:-1, :-2] - g[1:-1, 2:]).mean()
+    assert detail(low.image) < 0.6 * detail(plain.image)
+    assert abs(float(_grey(low.image).mean()) - float(_grey(plain.image).mean())) < 3  # same face, just softer
+
+    cfg = AugmentConfig(**{**base.__dict__, "occlude_p": 1.0, "occlude_size": (0.3, 0.3)})
+    occ = augment(image, pts, IBUG68, np.random.default_rng(5), cfg, out_size=128, crop_box=box)
+    x0, y0, x1, y1 = occ.params["occluder"]
+    assert (x1 - x0, y1 - y0) == (38, 38)
+    patch = occ.image[y0:y1, x0:x1]
+    assert patch.std() == 0 and not np.array_equal(patch, plain.image[y0:y1, x0:x1])
+    outside = np.ones(occ.image.shape[:2], bool)
+    outside[y0:y1, x0:x1] = False
+    assert np.array_equal(occ.image[outside], plain.image[outside])
+    np.testing.assert_allclose(occ.points, plain.points)

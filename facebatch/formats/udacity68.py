@@ -34,7 +34,14 @@ def read_udacity68_csv(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 def person_of(filename: str) -> str:
-    """The person in a Udacity/YouTube-Faces file name: the part before the trailing ``_NN``."""
+    """The person in a Udacity/YouTube-Faces file name: the part before the trailing ``_NN``.
+
+    300-W files in the same layout (``300w_train``) name no person: a split there is by photo.
+    ``lfpw_image_0001`` is one photo (kept whole); ``helen_NAME_K`` and ``afw_NAME_K`` are face ``K``
+    of photo ``NAME``, so the faces of one photo stay on one side of a split.
+    """
     stem = Path(filename).stem
+    if stem.startswith("lfpw_"):
+        return stem
     head, sep, tail = stem.rpartition("_")
     return head if sep and tail.isdigit() else stem

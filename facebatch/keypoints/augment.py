@@ -219,6 +219,12 @@ class AugmentConfig:
         brightness, contrast, saturation: factors drawn in ``[1 - v, 1 + v]``.
         blur_p: probability of a Gaussian blur, sigma drawn in ``blur_sigma`` (output pixels).
         border: padding for pixels from outside the source (see :func:`warp_affine`).
+        downscale_p: probability of a resolution loss: the output is shrunk to a factor drawn in
+            ``downscale`` (antialiased) and brought back up (bilinear), as a small face in a
+            photo looks once cropped and resized to the model's input.
+        occlude_p: probability of an occluder: a rectangle of random grey level whose sides are
+            drawn in ``occlude_size`` (fractions of the output side). Points keep their labels,
+            so the model learns to place hidden points from the rest of the face.
     """
 
     flip_p: float = 0.5
@@ -231,6 +237,10 @@ class AugmentConfig:
     blur_p: float = 0.2
     blur_sigma: tuple[float, float] = (0.3, 1.2)
     border: str = "zeros"
+    downscale_p: float = 0.0
+    downscale: tuple[float, float] = (0.25, 1.0)
+    occlude_p: float = 0.0
+    occlude_size: tuple[float, float] = (0.15, 0.4)
 
 
 NO_AUGMENT = AugmentConfig(flip_p=0.0, rotate_deg=0.0, scale=(1.0, 1.0), shift=0.0, brightness=0.0,
@@ -324,7 +334,44 @@ def augment(image: ImageLike, points: np.ndarray, scheme: Scheme | str, rng: np.
     params["blur_sigma"] = blur
     if blur > 0:
         out = gaussian_blur(out, blur)
+    factor = float(rng.uniform(*config.downscale)) if rng.random() < config.downscale_p else 1.0
+    params["downscale"] = factor
+    if factor < 1.0:
+        out = downscale_up(out, factor)
+    if rng.random() < config.occlude_p:
+        ow, oh = out_size
+        bw, bh = (int(round(float(rng.uniform(*config.occlude_size)) * side)) for side in (ow, oh))
+        x0, y0 = int(rng.integers(0, max(1, ow - bw + 1))), int(rng.integers(0, max(1, oh - bh + 1)))
+        level = float(rng.uniform(0.0, 1.0))
+        params["occluder"] = (x0, y0, x0 + bw, y0 + bh)
+        out = occlude(out, (x0, y0, x0 + bw, y0 + bh), level)
     return AugmentResult(out, pts, m, flipped, params)
+
+
+def downscale_up(image: ImageLike, factor: float) -> ImageLike:
+    """Lose resolution: shrink by ``factor`` with antialiasing, then resize back up (bilinear).
+
+    Args:
+        image: uint8 array or float CxHxW tensor in [0, 1].
+        factor: in ``(0, 1]``; 1 returns the image unchanged.
+    """
+    if factor >= 1.0:
+        return image
+    x, tag = _to_tensor(image)
+    h, w = x.shape[-2:]
+    small = (max(2, round(h * factor)), max(2, round(w * factor)))
+    y = F.interpolate(x[None], size=small, mode="bilinear", antialias=True, align_corners=False)
+    y = F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)[0]
+    return _from_tensor(y.clamp(0, 1), tag)
+
+
+def occlude(image: ImageLike, box: tuple[int, int, int, int], level: float) -> ImageLike:
+    """Paint ``box`` = ``(x0, y0, x1, y1)`` (output pixels, end exclusive) a flat grey ``level`` in [0, 1]."""
+    x, tag = _to_tensor(image)
+    x = x.clone()
+    x0, y0, x1, y1 = box
+    x[:, y0:y1, x0:x1] = level
+    return _from_tensor(x, tag)
 
 
 def hflip(image: ImageLike, points: np.ndarray, scheme: Scheme | str) -> tuple[ImageLike, np.ndarray]:

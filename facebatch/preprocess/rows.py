@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import schema as S
-from ..geometry import order_faces_by_area, points_to_crop, square_crop_box
+from ..geometry import match_labelled_face, order_faces_by_area, points_to_crop, square_crop_box
 from ..inference.inputs import CropFrame, face_crop
 
 
@@ -83,8 +83,14 @@ def rows_for_image(base: dict, image: np.ndarray | None, faces: list, record, cf
                     S.ERROR: "no face found above the score threshold"})
         return [row]
     kp = getattr(record, "keypoints", None)
+    chosen = list(enumerate(faces))
+    matched = None
+    if kp is not None:  # the labelled points belong to one face, not always the largest
+        matched = match_labelled_face([f.box for f in faces], kp)
+    if not cfg.all_faces:
+        chosen = chosen[matched:matched + 1] if matched is not None else chosen[:1]
     out = []
-    for i, face in enumerate(faces if cfg.all_faces else faces[:1]):
+    for i, face in chosen:
         r = dict(row)
         if cfg.keep_crops:  # the crop every model's input is built from (facebatch.inference.inputs)
             cbox, r[S.CROP] = face_crop(image, face.box, cfg.frame)
@@ -93,7 +99,10 @@ def rows_for_image(base: dict, image: np.ndarray | None, faces: list, record, cf
         r.update({S.FACE_INDEX: i, S.BOX: [float(v) for v in face.box], S.SCORE: float(face.score),
                   S.LANDMARKS: np.asarray(face.landmarks, np.float32).reshape(-1).tolist(),
                   S.CROP_BOX: [float(v) for v in cbox], S.CROP_SIZE: cfg.crop_size})
-        if kp is not None:
+        if kp is not None and i != matched:
+            r[S.ERROR] = ("the labelled points lie on another face" if matched is not None else
+                          "the labelled points match no detected face; keypoint labels left empty")
+        elif kp is not None:
             px, norm = points_to_crop(np.asarray(kp, np.float32), cbox, cfg.crop_size)
             r[S.KEYPOINTS_CROP] = px.reshape(-1).tolist()
             r[S.KEYPOINTS_NORM] = norm.reshape(-1).tolist()
