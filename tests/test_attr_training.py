@@ -387,6 +387,7 @@ def test_degradation_augmentation_and_mixed_threshold_fit(synthetic_parquet):
     assert used["smile"] == 3 * used1["smile"] and report["degrade"] == ["none", "scale=0.5", "jpeg=30"]
     b = report["bootstrap"]["smile"]
     assert b["n_faces"] == used1["smile"] and b["p05"] <= b["median"] <= b["p95"] and 0 <= b["balanced_accuracy"] <= 1
+    assert b["chosen"] == "bootstrap median" and thr["smile"] == b["median"]  # bagged, not the single argmax
 
 
 def test_crop_frame_comes_from_the_training_data(tmp_path):

@@ -64,3 +64,17 @@ def test_train_resume_export_evaluate(ray_session, kp_parquet, tmp_path):
     assert 0 < metrics["nme_interocular"] < 1.0
     for f in ("metrics.json", "predictions.csv", "evaluation.csv", "samples.png", "curves.png"):
         assert (out / f).exists(), f
+
+
+def test_init_partial_keeps_a_resized_head_fresh():
+    """Fine-tuning onto another identity set: the backbone comes from the file, the class head whose
+    shape differs stays as built; another architecture is refused."""
+    import torch
+    from facebatch.training.loop import init_partial
+    src, dst = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 5)), \
+        torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 7))
+    head = dst[1].weight.detach().clone()
+    assert init_partial(dst, src.state_dict(), "src.pt") == ["1.weight", "1.bias"]
+    assert torch.equal(dst[0].weight, src[0].weight) and torch.equal(dst[1].weight, head)
+    with pytest.raises(ValueError, match="another architecture"):
+        init_partial(torch.nn.Sequential(torch.nn.Linear(4, 3)), src.state_dict(), "src.pt")

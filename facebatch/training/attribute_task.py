@@ -497,7 +497,9 @@ def fit_thresholds(model, data, splits: list[str], attrs: list[str], size: int,
                    limit: int | None = None, flip: bool = False, degrade: list[str] | None = None,
                    n_boot: int = 200) -> tuple[dict, dict, dict]:
     """Per binary attribute of a multitask model, the sigmoid threshold that maximises balanced
-    accuracy on the rows of ``splits`` (the by-person validation split, never the test split).
+    accuracy on the rows of ``splits`` (the by-person validation split, never the test split),
+    bagged: the median of that threshold refitted on ``n_boot`` bootstrap resamples of the faces
+    (with few positives the single best threshold jumps between score gaps).
 
     ``flip`` scores each face with its mirror image as evaluation will (the file's ``flip_test``);
     ``degrade`` adds every validation face again under each degradation spec (e.g.
@@ -540,9 +542,14 @@ def fit_thresholds(model, data, splits: list[str], attrs: list[str], size: int,
                 idx = np.concatenate([where[f] for f in rng.integers(0, len(faces), len(faces))])
                 if 0 < y[idx].sum() < len(idx):
                     boots.append(balanced_threshold(y[idx], sc[sel][idx]))
+            argmax = thresholds[a]
+            if boots:  # bagged: the median refit is far steadier than one argmax over few positives
+                thresholds[a] = float(np.median(boots))
             pred = sc[sel] >= thresholds[a]
             bal = 0.5 * (pred[y == 1].mean() + (~pred[y == 0]).mean())
             report["bootstrap"][a] = {"n_faces": int(len(faces)), "n_pos": int(y.sum()), "balanced_accuracy": float(bal),
+                                      "chosen": "bootstrap median" if boots else "argmax",
+                                      "argmax": float(argmax),
                                       "median": float(np.median(boots)), "p05": float(np.quantile(boots, 0.05)),
                                       "p95": float(np.quantile(boots, 0.95))}
         log.info("%s threshold %.3f from %d validation scores (%s)", a, thresholds[a], used[a], report["degrade"])

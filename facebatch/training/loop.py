@@ -43,6 +43,23 @@ def _all_reduce(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def init_partial(model: torch.nn.Module, state: dict, source: str) -> list[str]:
+    """Load ``state`` into ``model`` for fine-tuning. Tensors whose shape differs (a class head
+    over another set of identities) keep their fresh initialisation; they are named on stderr and
+    returned. A key missing on either side is an error: it means another architecture."""
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"init_from {source}: another architecture (missing {missing[:5]}, unexpected "
+                         f"{unexpected[:5]}); choose a model file of the same model and model_kwargs")
+    fresh = [k for k in own if own[k].shape != state[k].shape]
+    model.load_state_dict({k: (own[k] if k in fresh else state[k]) for k in own})
+    if fresh:
+        print(f"[facebatch] init_from {source}: kept fresh weights for {', '.join(fresh)} (shape differs)",
+              file=sys.stderr, flush=True)
+    return fresh
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry: ``config = {"cfg": TrainConfig as dict, "steps_per_epoch": int}``."""
     import ray.train
@@ -62,7 +79,7 @@ def train_loop_per_worker(config: dict) -> None:
     ckpt = ray.train.get_checkpoint()
     if cfg.init_from and not ckpt:
         from ..modelio import load_model
-        model.load_state_dict(load_model(cfg.init_from)[0].state_dict())
+        init_partial(model, load_model(cfg.init_from)[0].state_dict(), cfg.init_from)
     if ckpt:
         with ckpt.as_directory() as d:
             st = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=True)
