@@ -1,0 +1,82 @@
+"""The detector's options and result type, without torch.
+
+Kept apart from :mod:`.detector` (which needs torch and torchvision, ~2-3 s to import) so that
+job drivers and command lines (``facebatch annotate``, ``preprocess``) can build and validate a
+:class:`DetectorConfig` and start Ray without importing torch. Re-exported by
+:mod:`facebatch.detection` and :mod:`facebatch.detection.detector`.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+BACKENDS = ("mobilenet", "resnet50")
+"""The detector backends :func:`facebatch.detection.create_detector` knows."""
+
+LANDMARK_NAMES = ("eye_image_left", "eye_image_right", "nose", "mouth_image_left", "mouth_image_right")
+"""The 5 landmarks in output order. "image_left" is the subject's right (iBUG 36-41 / 48)."""
+
+
+@dataclass
+class Face:
+    """One detected face, in pixels of the original image.
+
+    Attributes:
+        box: ``(x1, y1, x2, y2)``.
+        score: face probability in [0, 1].
+        landmarks: ``(5, 2)`` points in :data:`LANDMARK_NAMES` order.
+    """
+
+    box: np.ndarray
+    score: float
+    landmarks: np.ndarray
+
+    @property
+    def area(self) -> float:
+        return float(max(0.0, self.box[2] - self.box[0]) * max(0.0, self.box[3] - self.box[1]))
+
+    def to_dict(self) -> dict:
+        return {"box": [float(v) for v in self.box], "score": float(self.score),
+                "landmarks": [[float(x), float(y)] for x, y in self.landmarks]}
+
+
+@dataclass
+class DetectorConfig:
+    """Options shared by every backend.
+
+    Args:
+        backend: ``mobilenet`` (default, fast) or ``resnet50`` (retina-face's model).
+        score_threshold: minimum face probability kept.
+        nms_iou: IoU above which the lower-scoring of two boxes is dropped.
+        max_side: images whose longer side exceeds this are downscaled for detection.
+        device: torch device, e.g. ``cpu`` or ``cuda``.
+        weights_dir: extra directory searched first for weights files.
+        batch_size: images per forward pass (sub-batches are formed by size).
+        pre_nms_top_k: candidates kept per image before NMS.
+        max_faces: detections kept per image after NMS.
+    """
+
+    backend: str = "mobilenet"
+    score_threshold: float = 0.5
+    nms_iou: float = 0.4
+    max_side: int = 640
+    device: str = "cpu"
+    weights_dir: str | None = None
+    batch_size: int = 16
+    pre_nms_top_k: int = 5000
+    max_faces: int = 750
+
+    def validate(self) -> "DetectorConfig":
+        if not 0.0 <= self.score_threshold <= 1.0:
+            raise ValueError(f"score_threshold must be in [0, 1], got {self.score_threshold}")
+        if not 0.0 < self.nms_iou <= 1.0:
+            raise ValueError(f"nms_iou must be in (0, 1], got {self.nms_iou}")
+        if self.max_side < 32:
+            raise ValueError(f"max_side must be at least 32 pixels, got {self.max_side}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
