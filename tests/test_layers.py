@@ -13,7 +13,7 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "facebatch"
 LAYERS = {
-    0: {"geometry", "imaging", "degrade", "formats", "detection", "keypoints", "attributes", "models", "modelio", "schema",
+    0: {"geometry", "imaging", "degrade", "formats", "detection", "keypoints", "attributes", "models", "modelio", "ort", "schema",
         "storage", "weights", "paths", "provenance", "raycluster", "release", "configs", "__init__"},
     1: {"inference"},
     2: {"preprocess", "annotate", "annotations", "serve", "evaluation", "training", "commands"},

@@ -89,7 +89,8 @@ class FaceAnalyzer:
     @classmethod
     def load(cls, detector: str | BatchDetector = "mobilenet", keypoints: str | None = "keypoints68",
              attributes: str | None = "attributes", gallery: str | None = None, device: str = "cpu",
-             identity_threshold: float | None = None, **detector_options) -> "FaceAnalyzer":
+             identity_threshold: float | None = None, runtime: str | None = None,
+             **detector_options) -> "FaceAnalyzer":
         """Load every model once.
 
         Args:
@@ -100,12 +101,20 @@ class FaceAnalyzer:
             device: torch device for every model (``cpu``, ``cuda``).
             identity_threshold: cosine similarity below which a face is ``unknown`` (default: the
                 gallery's, else the model's, else 0.5).
+            runtime: what runs the detector and keypoint networks: ``auto`` (onnxruntime on CPU,
+                torch on CUDA), ``torch`` or ``onnxruntime``; ``None``: ``$FACEBATCH_CPU_RUNTIME``,
+                else ``auto``. onnxruntime falls back to torch with a warning if it cannot be used;
+                :meth:`describe` says which ran. The resnet50 detector and attribute models run in torch.
             **detector_options: :class:`~facebatch.detection.DetectorConfig` fields
                 (``score_threshold``, ``max_side``, ``weights_dir``, ...).
         """
         det = detector if isinstance(detector, BatchDetector) else create_detector(detector, device=device,
                                                                                    **detector_options)
-        kp = KeypointHead.load(keypoints, device) if _wanted(keypoints) else None
+        if hasattr(det.backend, "set_runtime"):
+            if runtime is not None:
+                det.backend.set_runtime(runtime)
+            det.backend.prepare()  # export/check now, not in the first analyze call
+        kp = KeypointHead.load(keypoints, device, runtime=runtime) if _wanted(keypoints) else None
         at = AttributeHead.load(attributes, device) if _wanted(attributes) else None
         g = None
         if gallery:
@@ -118,8 +127,10 @@ class FaceAnalyzer:
 
     # ------------------------------------------------------------------ provenance
     def describe(self) -> dict:
-        """Each model's name and sha256, the detector config: what produced a result."""
-        out = {"detector": self.detector.info,
+        """Each model's name and sha256, the detector config, the runtime that ran each network:
+        what produced a result."""
+        runtime = getattr(self.detector.backend, "runtime_info", None) or {"runtime": "torch"}
+        out = {"detector": {**self.detector.info, "runtime": runtime},
                "keypoints": self.keypoints.describe() if self.keypoints else None,
                "attributes": None, "gallery": None}
         if self.attributes:

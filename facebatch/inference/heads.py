@@ -5,6 +5,10 @@ kinds (:mod:`facebatch.models`), never from a model's name.
 A head takes the input batch built by :func:`facebatch.inference.inputs.model_input` for its
 own :class:`~facebatch.inference.inputs.InputSpec`; evaluation, enrollment, threshold fitting
 and the analyzer all call these.
+
+The keypoint networks run in onnxruntime on CPU by default (:mod:`facebatch.ort`: ``runtime=``
+or ``$FACEBATCH_CPU_RUNTIME``); :meth:`_Head.describe` records the runtime that ran. Attribute
+models run in torch.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from ..keypoints.models import predict_with_flip
 from ..keypoints.schemes import get_scheme
 from ..modelio import load_model as _load_file
 from ..models import ATTRIBUTE_LOGITS, BINARY_LOGITS, EMBEDDING, POINTS, RECONSTRUCTION, get_spec
+from ..ort import accelerate
 from .inputs import InputSpec
 
 
@@ -38,10 +43,11 @@ class _Head:
         self.input = InputSpec.from_meta(self.meta)
         self.flip = bool(self.meta.get("flip_test"))
         self.device = next(model.parameters()).device
+        self.runner, self.runtime_info = self.model, {"runtime": "torch"}  # what runs the forward
 
     @classmethod
-    def load(cls, name_or_path: str, device: str = "cpu"):
-        return cls(*load_model(name_or_path, device, cls.task))
+    def load(cls, name_or_path: str, device: str = "cpu", **kwargs):
+        return cls(*load_model(name_or_path, device, cls.task), **kwargs)
 
     @property
     def name(self) -> str:
@@ -51,7 +57,7 @@ class _Head:
         """Name, file, sha256, architecture and input spec: what produced a result."""
         return {"name": self.name, "path": self.info.get("path"), "sha256": self.info.get("sha256"),
                 "model": self.info["model"], "input_size": self.input.size, "grey": self.input.grey,
-                "crop_frame": self.input.frame.to_dict(), "flip_test": self.flip}
+                "crop_frame": self.input.frame.to_dict(), "flip_test": self.flip, "runtime": dict(self.runtime_info)}
 
 
 class KeypointHead(_Head):
@@ -59,16 +65,23 @@ class KeypointHead(_Head):
 
     task = "keypoints"
 
-    def __init__(self, model, info) -> None:
+    def __init__(self, model, info, runtime: str | None = None) -> None:
+        """``runtime``: ``auto`` (onnxruntime on CPU, torch on CUDA), ``torch``, ``onnxruntime``,
+        or ``None`` for ``$FACEBATCH_CPU_RUNTIME``; any failure falls back to torch (a warning)."""
         super().__init__(model, info)
         if POINTS not in self.spec.outputs:
             raise ValueError(f"{info.get('path')}: model {info['model']!r} does not output keypoints")
         self.scheme = get_scheme(self.meta["scheme"])
+        # exported, and checked against torch, on a fixed batch of the input size (seeded noise)
+        example = torch.rand((2, 1 if self.input.grey else 3, self.input.size, self.input.size),
+                             generator=torch.Generator().manual_seed(0))
+        self.runner, self.runtime_info = accelerate(self.model, example, runtime, self.device,
+                                                    what=f"keypoints {self.name}")
 
     @torch.inference_mode()
     def predict(self, x: torch.Tensor) -> np.ndarray:
         x = x.to(self.device)
-        y = predict_with_flip(self.model, x, self.scheme) if self.flip else self.model(x)
+        y = predict_with_flip(self.runner, x, self.scheme) if self.flip else self.runner(x)
         return y.float().view(len(x), -1, 2).cpu().numpy()
 
 

@@ -1,0 +1,143 @@
+"""The CPU runtime (issue 12): onnxruntime runs the detector and keypoint networks on the same
+weights as torch, within 1e-3 of torch's outputs, falls back to torch with a warning when it
+cannot, reuses its cached export, and the analyzer's provenance says which runtime ran.
+
+Real udacity68 photos and the shipped models throughout; nothing is mocked but the missing
+onnxruntime import.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TOL = 1e-3
+
+
+@pytest.fixture(scope="module")
+def photos(udacity_root):
+    from PIL import Image
+    files = sorted((udacity_root / "training").glob("*.jpg"))[::350][:10]  # 10 people, spread out
+    return [np.asarray(Image.open(f).convert("RGB")) for f in files]
+
+
+@pytest.fixture(scope="module")
+def analyzers(mobilenet_weights):
+    from facebatch.inference import FaceAnalyzer
+    kw = dict(weights_path=str(mobilenet_weights))
+    return {rt: FaceAnalyzer.load(runtime=rt, **kw) for rt in ("onnxruntime", "torch")}
+
+
+def test_detector_network_matches_torch_on_real_photos(analyzers, photos):
+    be_ort, be_torch = (analyzers[rt].detector.backend for rt in ("onnxruntime", "torch"))
+    assert be_ort.runtime_info["runtime"] == "onnxruntime" and be_torch.runtime_info["runtime"] == "torch"
+    # the backend's own input for 4 photos, padded to a multiple of 32 as BatchDetector pads it
+    xs = [be_ort.to_tensor(p, 1.0) for p in photos[:4]]
+    h = max(-(-x.shape[1] // 32) * 32 for x in xs)
+    w = max(-(-x.shape[2] // 32) * 32 for x in xs)
+    batch = torch.zeros((len(xs), 3, h, w))
+    for k, x in enumerate(xs):
+        batch[k, :, :x.shape[1], :x.shape[2]] = x
+    with torch.inference_mode():
+        got, ref = be_ort.network(batch), be_torch.network(batch)
+    for name, g, r in zip(("loc", "conf", "landm"), got, ref):
+        assert g.shape == r.shape, name
+        assert float((g - r).abs().max()) <= TOL, name
+
+
+def test_keypoints_match_torch_on_real_crops(analyzers, photos):
+    from facebatch.inference import face_crop
+    from facebatch.inference.inputs import model_input
+    k_ort, k_torch = analyzers["onnxruntime"].keypoints, analyzers["torch"].keypoints
+    info = k_ort.describe()["runtime"]
+    assert info["runtime"] == "onnxruntime"
+    if k_ort.info["model"] == "resolution_ensemble":  # antialiased resize stays in torch, members in ORT
+        assert info["onnx_parts"] == [f"members.{i}" for i in range(len(k_ort.model.members))]
+    assert k_torch.describe()["runtime"]["runtime"] == "torch"
+    faces = analyzers["torch"].detect(photos)
+    crops = [face_crop(p, f.box, k_ort.input.frame)[1] for p, fs in zip(photos, faces) for f in fs]
+    assert len(crops) >= 8
+    x = model_input(crops, k_ort.input)
+    got, ref = k_ort.predict(x), k_torch.predict(x)  # unit crop coordinates, flip test included
+    assert got.shape == ref.shape == (len(crops), 68, 2)
+    assert float(np.abs(got - ref).max()) <= TOL
+
+
+def test_analyzer_onnxruntime_and_torch_agree_on_real_photos(analyzers, photos):
+    res = {rt: fa.analyze(photos) for rt, fa in analyzers.items()}
+    n = 0
+    for a, b in zip(res["onnxruntime"], res["torch"]):
+        assert len(a) == len(b)
+        for fa_, fb in zip(a, b):
+            n += 1
+            assert np.abs(np.subtract(fa_.box, fb.box)).max() <= TOL  # pixels
+            assert np.abs(np.subtract(fa_.landmarks, fb.landmarks)).max() <= 1e-2
+            assert np.abs(np.subtract(fa_.keypoints68, fb.keypoints68)).max() <= 0.05  # px on a ~250 px crop
+            assert fa_.labels == fb.labels
+    assert n >= 10
+    d_ort, d_torch = analyzers["onnxruntime"].describe(), analyzers["torch"].describe()
+    assert d_ort["detector"]["runtime"]["runtime"] == "onnxruntime"
+    assert d_ort["keypoints"]["runtime"]["runtime"] == "onnxruntime"
+    assert d_torch["detector"]["runtime"]["runtime"] == d_torch["keypoints"]["runtime"]["runtime"] == "torch"
+    assert d_ort["attributes"]["runtime"]["runtime"] == "torch"
+
+
+def test_falls_back_to_torch_when_onnxruntime_is_missing(monkeypatch, caplog, mobilenet_weights, photos, analyzers):
+    from facebatch.inference import FaceAnalyzer
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # "import onnxruntime" raises ImportError
+    with caplog.at_level(logging.WARNING, logger="facebatch.ort"):
+        fa = FaceAnalyzer.load(runtime="onnxruntime", attributes=None, weights_path=str(mobilenet_weights))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("detector" in m and "onnxruntime is not installed" in m for m in warnings), warnings
+    assert any("keypoints" in m and "onnxruntime is not installed" in m for m in warnings), warnings
+    d = fa.describe()
+    for part in ("detector", "keypoints"):
+        assert d[part]["runtime"]["runtime"] == "torch"
+        assert "not installed" in d[part]["runtime"]["fallback_reason"]
+    got = fa.analyze(photos[:3], attributes=False)
+    ref = analyzers["torch"].analyze(photos[:3], attributes=False)
+    assert [[f.box for f in r] for r in got] == [[f.box for f in r] for r in ref]  # it is torch
+
+
+def test_export_is_cached_and_reused(monkeypatch, tmp_path, caplog, mobilenet_weights):
+    from facebatch.detection.mobilenet_backend import MobileNetBackend
+    monkeypatch.setenv("FACEBATCH_CACHE_DIR", str(tmp_path))
+    first = MobileNetBackend(weights_path=str(mobilenet_weights), runtime="onnxruntime")
+    assert first.runtime_info["runtime"] == "onnxruntime"
+    files = list((tmp_path / "onnx").glob("*.onnx"))
+    assert len(files) == 1 and not list((tmp_path / "onnx").glob("*.tmp"))
+    st = files[0].stat()
+    second = MobileNetBackend(weights_path=str(mobilenet_weights), runtime="onnxruntime")
+    assert second.runtime_info["runtime"] == "onnxruntime"
+    assert second._runner.cached and not first._runner.cached
+    assert list((tmp_path / "onnx").glob("*.onnx")) == files and files[0].stat().st_ino == st.st_ino
+    # a damaged cache file is exported again, with a warning, not a failure
+    files[0].write_bytes(b"not an onnx file")
+    with caplog.at_level(logging.WARNING, logger="facebatch.ort"):
+        third = MobileNetBackend(weights_path=str(mobilenet_weights), runtime="onnxruntime")
+        assert third.runtime_info["runtime"] == "onnxruntime" and not third._runner.cached
+    assert any("unusable" in r.getMessage() for r in caplog.records)
+    assert files[0].stat().st_size > 1_000_000
+
+
+def test_runtime_choice(monkeypatch, caplog, mobilenet_weights):
+    from facebatch.detection.mobilenet_backend import MobileNetBackend
+    from facebatch.ort import requested_runtime
+    with pytest.raises(ValueError, match="unknown runtime"):
+        requested_runtime("tensorrt")
+    monkeypatch.setenv("FACEBATCH_CPU_RUNTIME", "torch")
+    assert requested_runtime() == "torch" and requested_runtime("auto") == "auto"
+    be = MobileNetBackend(weights_path=str(mobilenet_weights))
+    assert be.runtime_info == {"runtime": "torch", "requested": "torch"}
+    monkeypatch.setenv("FACEBATCH_CPU_RUNTIME", "bogus")
+    with caplog.at_level(logging.WARNING, logger="facebatch.ort"):
+        assert requested_runtime() == "auto"
+    assert any("FACEBATCH_CPU_RUNTIME" in r.getMessage() for r in caplog.records)
+    monkeypatch.delenv("FACEBATCH_CPU_RUNTIME")
+    be.set_runtime(None)  # auto on CPU: onnxruntime
+    assert be.runtime_info["runtime"] == "onnxruntime"
