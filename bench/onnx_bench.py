@@ -11,6 +11,14 @@ with 1 and 2 threads, alternating torch and onnxruntime, median of ``--reps`` ca
     .venv/bin/python bench/onnx_bench.py --reps 15
 
 The issue's bar to adopt a runtime: at least 1.3x faster than torch, outputs within 1e-3.
+
+``--facebatch`` times the adopted runtime through facebatch itself (``facebatch.ort``):
+the detector backend's ``network`` and ``KeypointHead.predict`` (flip test included) per call,
+``runtime="torch"`` against ``runtime="onnxruntime"``, and ``FaceAnalyzer.analyze`` images/s
+over ``--photos`` udacity68 photos with ``runtime="torch"`` against ``"auto"``, alternating,
+median of ``--runs`` runs, the load average beside each figure:
+
+    .venv/bin/python bench/onnx_bench.py --facebatch --photos 100 --runs 5 --out logs/ort_facebatch.json
 """
 from __future__ import annotations
 
@@ -30,10 +38,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def _photos(n: int) -> list[np.ndarray]:
+def _photos(n: int, step: int = 50) -> list[np.ndarray]:
     from PIL import Image
     data = Path(os.environ.get("FACEBATCH_DATA", ROOT.parent / "shared" / "data"))
-    files = sorted((data / "udacity68" / "training").glob("*.jpg"))[:: 50][:n]
+    files = sorted((data / "udacity68" / "training").glob("*.jpg"))[::max(1, step)][:n]
     if not files:
         raise SystemExit(f"no udacity68 photos under {data}")
     return [np.asarray(Image.open(f).convert("RGB")) for f in files]
@@ -146,6 +154,59 @@ def compare_ensemble(model, x: torch.Tensor, reps: int, tmp: str) -> dict:
     return res
 
 
+def facebatch_paths(photos: list[np.ndarray], reps: int, runs: int, threads: int) -> dict:
+    """The adopted runtime as facebatch runs it: per-call ms and analyzer images/s, torch vs ORT."""
+    from facebatch.inference import FaceAnalyzer, face_crop
+    from facebatch.inference.inputs import model_input
+    torch.set_num_threads(threads)
+    fas = {rt: FaceAnalyzer.load(runtime=rt) for rt in ("torch", "auto")}
+    out = {"threads": threads, "runtimes": {rt: {k: (fa.describe()[k] or {}).get("runtime") for k in
+                                                 ("detector", "keypoints", "attributes")}
+                                            for rt, fa in fas.items()}}
+    # per call: one 640x480 photo through the detector network, 8 real crops through keypoints
+    be = {rt: fa.detector.backend for rt, fa in fas.items()}
+    x = be["torch"].to_tensor(photos[0], 1.0)[None]
+    x = torch.nn.functional.pad(x, (0, -x.shape[-1] % 32, 0, -x.shape[-2] % 32))
+    faces = fas["torch"].detect(photos[:8])
+    head = fas["torch"].keypoints
+    xk = model_input([face_crop(p, f[0].box, head.input.frame)[1] for p, f in zip(photos, faces) if f], head.input)
+    calls = {"detector_network": lambda rt: be[rt].network(x),
+             f"keypoints_predict_b{len(xk)}": lambda rt: fas[rt].keypoints.predict(xk)}
+    for name, fn in calls.items():
+        with torch.inference_mode():
+            for _ in range(3):
+                fn("torch"), fn("auto")
+            t = {"torch": [], "auto": []}
+            load0 = os.getloadavg()[0]
+            for _ in range(reps):
+                for rt in t:
+                    t[rt] += _time(lambda: fn(rt), 1)
+        mt, mo = statistics.median(t["torch"]), statistics.median(t["auto"])
+        out[name] = {"torch_ms": round(mt * 1e3, 2), "ort_ms": round(mo * 1e3, 2), "speedup": round(mt / mo, 2),
+                     "load1": [round(load0, 2), round(os.getloadavg()[0], 2)]}
+        print(json.dumps({name: out[name]}), flush=True)
+    # the whole analyzer, as annotate and serve call it
+    fas["torch"].analyze(photos[:4]), fas["auto"].analyze(photos[:4])  # warm-up
+    per = {"torch": [], "auto": []}
+    for r in range(runs):
+        for rt, fa in fas.items():
+            fa.timings = dict.fromkeys(fa.timings, 0.0)
+            load0 = os.getloadavg()[0]
+            t0 = time.perf_counter()
+            n_faces = sum(len(f) for f in fa.analyze(photos))
+            wall = time.perf_counter() - t0
+            rec = {"run": r, "images_per_s": round(len(photos) / wall, 2), "wall_s": round(wall, 2),
+                   "faces": n_faces, "stages_s": {k: round(v, 2) for k, v in fa.timings.items()},
+                   "load1": [round(load0, 2), round(os.getloadavg()[0], 2)]}
+            per[rt].append(rec)
+            print(json.dumps({"analyze": rt, **rec}), flush=True)
+    out["analyze"] = {rt: {"photos": len(photos), "median_images_per_s": statistics.median(
+        r["images_per_s"] for r in recs), "runs": recs} for rt, recs in per.items()}
+    out["analyze"]["speedup"] = round(out["analyze"]["auto"]["median_images_per_s"]
+                                      / out["analyze"]["torch"]["median_images_per_s"], 2)
+    return out
+
+
 def _as_list(y):
     return list(y) if isinstance(y, (tuple, list)) else [y]
 
@@ -156,8 +217,20 @@ def main() -> None:
     ap.add_argument("--det-batch", type=int, default=1)
     ap.add_argument("--kp-batch", type=int, default=8)
     ap.add_argument("--out", default=None, help="write the results as JSON here")
+    ap.add_argument("--facebatch", action="store_true", help="time facebatch's own runtime paths instead")
+    ap.add_argument("--photos", type=int, default=100, help="--facebatch: udacity68 photos per analyze run")
+    ap.add_argument("--runs", type=int, default=5, help="--facebatch: analyze runs per runtime")
+    ap.add_argument("--threads", type=int, default=1, help="--facebatch: torch and onnxruntime threads")
     a = ap.parse_args()
     print(f"load before: {os.getloadavg()}", flush=True)
+    if a.facebatch:
+        results = {"torch": torch.__version__, "load_before": os.getloadavg(),
+                   **facebatch_paths(_photos(a.photos, step=3462 // a.photos), a.reps, a.runs, a.threads)}
+        results["load_after"] = os.getloadavg()
+        print(f"load after: {results['load_after']}", flush=True)
+        if a.out:
+            Path(a.out).write_text(json.dumps(results, indent=2))
+        return
     from facebatch.detection import create_detector
     from facebatch.inference import FaceAnalyzer
     from facebatch.inference.inputs import model_input  # noqa: E402

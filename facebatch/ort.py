@@ -41,6 +41,7 @@ TOLERANCE = 1e-3
 OPSET = 17
 _FORMAT = 1  # bump to invalidate every cached export
 CACHE_FILES = 64  # the cache keeps the most recently used exports (and export failures)
+SPLIT_DEPTH = 3  # how many levels down a module that does not export whole is split
 
 
 class OrtUnavailable(RuntimeError):
@@ -67,7 +68,14 @@ def requested_runtime(runtime: str | None = None) -> str:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get(ENV_CACHE) or Path.home() / ".cache" / "facebatch").expanduser() / "onnx"
+    """``$FACEBATCH_CACHE_DIR/onnx``, default ``~/.cache/facebatch/onnx``."""
+    root = os.environ.get(ENV_CACHE)
+    if not root:
+        try:
+            root = Path.home() / ".cache" / "facebatch"
+        except RuntimeError:  # no home directory (some containers)
+            root = Path(tempfile.gettempdir()) / f"facebatch-cache-{os.getuid()}"
+    return Path(root).expanduser() / "onnx"
 
 
 class OrtModule(nn.Module):
@@ -303,19 +311,25 @@ def accelerate(model: nn.Module, example: torch.Tensor, runtime: str | None = No
         log.warning("%s: using torch, not onnxruntime: unexpected %s: %s", what, type(e).__name__, e)
         return model, {**info, "fallback_reason": f"{type(e).__name__}: {e}"}
     import onnxruntime
-    info.update(runtime="onnxruntime", onnxruntime=onnxruntime.__version__, onnx_parts=parts,
+    info.update(runtime="onnxruntime", onnxruntime=onnxruntime.__version__,
+                onnx_parts=["(whole model)"] if parts == [""] else parts,
                 threads=max(1, torch.get_num_threads()))
     return runner, info
 
 
 def _convert(model: nn.Module, example: torch.Tensor, dynamic: tuple[int, ...],
-             check: torch.Tensor | None) -> tuple[nn.Module, list[str]]:
+             check: torch.Tensor | None = None, depth: int = 0) -> tuple[nn.Module, list[str]]:
+    """``model`` with as much of it as exports in onnxruntime, and the names of those parts
+    (``""``: all of it)."""
     try:
-        return onnx_module(model, example, dynamic, check), ["(whole model)"]
+        return onnx_module(model, example, dynamic, check), [""]
     except _NoExport as whole:
+        if depth >= SPLIT_DEPTH:
+            raise
         reason = whole
-    # Split: export each submodule that the forward calls once with one tensor (at the shape it
-    # saw), one level down; containers (ModuleList, ...) that are never called are looked into.
+    # Split: each submodule that the forward calls once with one tensor is converted alone (at
+    # the shape it saw, and split in turn if need be); containers (ModuleList, ...) that are
+    # never called are looked into. The rest of the forward stays in torch.
     seen: dict[str, list] = {}
     hooks = [m.register_forward_pre_hook(lambda mod, args, kw, n=n: seen.setdefault(n, []).append((args, kw)),
                                          with_kwargs=True)
@@ -338,15 +352,17 @@ def _convert(model: nn.Module, example: torch.Tensor, dynamic: tuple[int, ...],
                   and isinstance(calls[0][0][0], torch.Tensor) and any(True for _ in child.parameters())):
                 candidates.append((full, calls[0][0][0].clone()))
     visit("", model)
+    seen.clear()
     if not candidates:
         raise reason
-    done, errors = {}, []
+    done, parts, errors = {}, [], []
     for name, x in candidates:
         try:
-            done[name] = onnx_module(model.get_submodule(name), x, (0,))
+            done[name], sub = _convert(model.get_submodule(name), x, (0,), None, depth + 1)
         except _NoExport as e:
             errors.append(f"{name}: {e}")
-    parts = list(done)
+            continue
+        parts += [f"{name}.{p}" if p else name for p in sub]
     if not parts:
         raise _NoExport(f"{reason}; no part of it could be exported either ({'; '.join(errors)})")
     for e in errors:

@@ -141,3 +141,18 @@ def test_runtime_choice(monkeypatch, caplog, mobilenet_weights):
     monkeypatch.delenv("FACEBATCH_CPU_RUNTIME")
     be.set_runtime(None)  # auto on CPU: onnxruntime
     assert be.runtime_info["runtime"] == "onnxruntime"
+
+
+def test_nested_ensemble_is_split_down_to_its_members(analyzers, photos):
+    """keypoints15 wraps the 68-point ensemble (kaggle15_from_ibug68): neither it nor the ensemble
+    exports whole; the members two levels down run in onnxruntime, the resize and mapping in torch."""
+    from facebatch.inference import KeypointHead, face_crop
+    from facebatch.inference.inputs import model_input
+    k_ort, k_torch = (KeypointHead.load("keypoints15", runtime=rt) for rt in ("onnxruntime", "torch"))
+    info = k_ort.describe()["runtime"]
+    assert info["runtime"] == "onnxruntime", info
+    assert info["onnx_parts"] and all(p.startswith("base.members.") for p in info["onnx_parts"]), info
+    faces = analyzers["torch"].detect(photos[:4])
+    x = model_input([face_crop(p, fs[0].box, k_ort.input.frame)[1] for p, fs in zip(photos, faces) if fs],
+                    k_ort.input)
+    assert float(np.abs(k_ort.predict(x) - k_torch.predict(x)).max()) <= TOL
