@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from facebatch.attributes.metrics import (BINARY_KEYS, average_ranks, balanced_threshold, best_threshold, binary_metrics,
-                                          make_pairs,
-                                          roc_auc, top1_accuracy, verification_accuracy)
+                                          make_pairs, pair_similarity, roc_auc, tar_at_far, top1_accuracy,
+                                          verification_accuracy, verification_roc)
 
 NAN = float("nan")
 
@@ -139,3 +139,64 @@ def test_balanced_threshold_separates_a_rare_class():
     # one class only: no information, keep 0.5; thresholds stay inside [lo, hi]
     assert balanced_threshold([1, 1], [0.2, 0.3]) == 0.5
     assert 0.02 <= balanced_threshold([0, 1], [0.0, 0.001]) <= 0.98
+
+
+# 4 same-person pairs (0.9, 0.8, 0.6, 0.4) and 5 different-person pairs (0.7, 0.5, 0.3, 0.2, 0.1)
+ROC_SIM = [0.9, 0.7, 0.8, 0.5, 0.6, 0.3, 0.4, 0.2, 0.1]
+ROC_SAME = [True, False, True, False, True, False, True, False, False]
+
+
+def test_verification_roc_by_hand():
+    r = verification_roc(ROC_SIM, ROC_SAME)
+    np.testing.assert_array_equal(r["threshold"], [np.inf, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1])
+    np.testing.assert_array_equal(r["n_true_accept"], [0, 1, 2, 2, 3, 3, 4, 4, 4, 4])
+    np.testing.assert_array_equal(r["n_false_accept"], [0, 0, 0, 1, 1, 2, 2, 3, 4, 5])
+    np.testing.assert_array_equal(r["tar"], np.array([0, 1, 2, 2, 3, 3, 4, 4, 4, 4]) / 4)
+    np.testing.assert_array_equal(r["far"], np.array([0, 0, 0, 1, 1, 2, 2, 3, 4, 5]) / 5)
+    assert (r["n_same"], r["n_diff"]) == (4, 5)
+    # ties: one threshold per distinct similarity, a tied same/different pair accepted together
+    t = verification_roc([0.5, 0.5, 0.9, 0.2], [True, False, True, False])
+    np.testing.assert_array_equal(t["threshold"], [np.inf, 0.9, 0.5, 0.2])
+    np.testing.assert_array_equal(t["n_true_accept"], [0, 1, 2, 2])
+    np.testing.assert_array_equal(t["n_false_accept"], [0, 0, 1, 2])
+    with pytest.raises(ValueError, match="same-person and one different"):
+        verification_roc([0.1, 0.2], [True, True])
+    with pytest.raises(ValueError, match="NaN"):
+        verification_roc([NAN, 0.2], [True, False])
+    with pytest.raises(ValueError, match="items"):
+        verification_roc([0.1, 0.2, 0.3], [True, False])
+
+
+def test_tar_at_far_by_hand():
+    def point(far):
+        r = tar_at_far(ROC_SIM, ROC_SAME, far)
+        return r["threshold"], r["far"], r["tar"], r["n_false_accept"], r["n_true_accept"]
+    assert point(0.0) == (0.8, 0.0, 0.5, 0, 2)    # the lowest threshold with no false accept
+    assert point(0.2) == (0.6, 0.2, 0.75, 1, 3)   # one of 5 different pairs may pass
+    assert point(0.25) == (0.6, 0.2, 0.75, 1, 3)  # floor(0.25 * 5) = 1
+    assert point(0.4) == (0.4, 0.4, 1.0, 2, 4)
+    assert point(1.0) == (0.1, 1.0, 1.0, 5, 4)
+    r = tar_at_far(ROC_SIM, ROC_SAME)  # default 1%: 0.05 of 5 pairs rounds down to none
+    assert r == {"threshold": 0.8, "far": 0.0, "tar": 0.5, "far_target": 0.01, "n_false_accept": 0, "n_diff": 5,
+                 "n_true_accept": 2, "n_same": 4}
+    # two different pairs tied at 0.6: accepting one accepts both, over 1 of 4, so the threshold stays above
+    tie = tar_at_far([0.7, 0.6, 0.6, 0.6, 0.1, 0.0], [True, True, False, False, False, False], far=0.25)
+    assert (tie["threshold"], tie["far"], tie["tar"], tie["n_false_accept"]) == (0.7, 0.0, 0.5, 0)
+    # the highest similarity is a different pair: only +inf (accept nothing) meets FAR 0
+    top = tar_at_far([0.5, 0.9, 0.1], [True, False, False], far=0.0)
+    assert top["threshold"] == np.inf and top["tar"] == 0.0 and top["n_false_accept"] == 0
+    # 0.29 * 100 is 28.999999999999996 in floats; 29 false accepts of 100 are still allowed
+    diff = np.linspace(0.0, 0.99, 100)
+    r29 = tar_at_far(np.r_[[1.5, 2.0], diff], np.r_[[True, True], np.zeros(100, bool)], far=0.29)
+    assert r29["n_false_accept"] == 29 and r29["threshold"] == diff[-29] and r29["far"] == 0.29
+    with pytest.raises(ValueError, match="far"):
+        tar_at_far(ROC_SIM, ROC_SAME, far=1.5)
+
+
+def test_pair_similarity_matches_verification_accuracy():
+    np.testing.assert_allclose(pair_similarity([[3.0, 0.0], [0.0, 2.0], [1.0, 1.0]], [[0, 1], [0, 2], [2, 2]]),
+                               [0.0, np.sqrt(0.5), 1.0])
+    emb, labels = _clusters(10, 4, 8, 0.5, seed=3)
+    pairs, same = make_pairs(labels, 60, seed=0)
+    sim = pair_similarity(emb, pairs)
+    assert verification_accuracy(emb, labels, pairs=pairs, n_folds=3)["roc_auc"] == roc_auc(same, sim)

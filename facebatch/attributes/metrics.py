@@ -291,3 +291,85 @@ def verification_accuracy(embeddings: Any, labels: Any, pairs: Any = None, n_pai
             "threshold": float(np.mean(ths)), "fold_thresholds": ths,
             "roc_auc": roc_auc(same.astype(np.int64), sim), "n_pairs": int(len(pairs)),
             "n_same": int(same.sum()), "n_folds": n_folds}
+
+
+def pair_similarity(embeddings: Any, pairs: Any) -> np.ndarray:
+    """Cosine similarity of each index pair of ``embeddings`` (L2-normalised here).
+
+    Args:
+        embeddings: ``(n, d)``.
+        pairs: ``(P, 2)`` item indices.
+
+    Returns:
+        ``(P,)`` float64 similarities.
+    """
+    e = np.asarray(embeddings, dtype=np.float64)
+    e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    return np.einsum("ij,ij->i", e[pairs[:, 0]], e[pairs[:, 1]])
+
+
+def _pair_inputs(similarity: Any, same: Any) -> tuple[np.ndarray, np.ndarray]:
+    s = np.asarray(similarity, dtype=np.float64).ravel()
+    y = np.asarray(same, dtype=bool).ravel()
+    if s.shape != y.shape:
+        raise ValueError(f"similarity has {s.shape[0]} items, same {y.shape[0]}")
+    if np.isnan(s).any():
+        raise ValueError("similarity has NaN")
+    if not y.any() or y.all():
+        raise ValueError("need at least one same-person and one different-person pair")
+    return s, y
+
+
+def verification_roc(similarity: Any, same: Any) -> dict[str, Any]:
+    """ROC of pair similarities: false- and true-accept rate at every threshold.
+
+    A pair is accepted as the same person iff ``similarity >= threshold``. The thresholds are
+    ``+inf`` (nothing accepted: FAR = TAR = 0) followed by every distinct similarity in
+    decreasing order (the lowest accepts everything: FAR = TAR = 1), so FAR and TAR never
+    decrease along the arrays.
+
+    Args:
+        similarity: similarity of each pair ``(n,)``.
+        same: True for same-person pairs ``(n,)``; both kinds must be present.
+
+    Returns:
+        dict with arrays ``threshold``, ``far`` (false accepts / different-person pairs),
+        ``tar`` (true accepts / same-person pairs), ``n_false_accept``, ``n_true_accept``
+        (int counts), and ``n_same``, ``n_diff``.
+    """
+    s, y = _pair_inputs(similarity, same)
+    thr = np.r_[np.inf, np.unique(s)[::-1]]
+    s_same, s_diff = np.sort(s[y]), np.sort(s[~y])
+    n_same, n_diff = len(s_same), len(s_diff)
+    ta = n_same - np.searchsorted(s_same, thr, side="left")  # sim >= t
+    fa = n_diff - np.searchsorted(s_diff, thr, side="left")
+    return {"threshold": thr, "far": fa / n_diff, "tar": ta / n_same, "n_false_accept": fa.astype(np.int64),
+            "n_true_accept": ta.astype(np.int64), "n_same": n_same, "n_diff": n_diff}
+
+
+def tar_at_far(similarity: Any, same: Any, far: float = 0.01) -> dict[str, Any]:
+    """The operating point at a stated false-accept rate: the lowest threshold whose FAR <= ``far``.
+
+    Candidate thresholds are those of :func:`verification_roc` (the observed similarities, and
+    ``+inf`` when even the highest one lets too many different-person pairs through). With
+    ``n_diff`` different-person pairs at most ``floor(far * n_diff)`` of them may be accepted;
+    ties in similarity are accepted together, so the FAR reached can be lower than ``far``.
+
+    Args:
+        similarity: similarity of each pair ``(n,)``.
+        same: True for same-person pairs ``(n,)``; both kinds must be present.
+        far: the false-accept rate allowed, in ``[0, 1]``.
+
+    Returns:
+        dict with ``threshold`` (accept iff ``similarity >= threshold``), ``far`` (reached),
+        ``tar``, ``far_target``, ``n_false_accept``, ``n_diff``, ``n_true_accept``, ``n_same``.
+    """
+    if not 0.0 <= far <= 1.0:
+        raise ValueError(f"far must be in [0, 1], got {far}")
+    r = verification_roc(similarity, same)
+    allowed = np.floor(far * r["n_diff"] + 1e-9)  # a float product like 0.07 * 100 may land just below 7
+    k = int(np.flatnonzero(r["n_false_accept"] <= allowed)[-1])  # FAR rises along the arrays; index 0 has none
+    return {"threshold": float(r["threshold"][k]), "far": float(r["far"][k]), "tar": float(r["tar"][k]),
+            "far_target": float(far), "n_false_accept": int(r["n_false_accept"][k]), "n_diff": int(r["n_diff"]),
+            "n_true_accept": int(r["n_true_accept"][k]), "n_same": int(r["n_same"])}

@@ -24,8 +24,16 @@ Protocol (all numbers from unit-length embeddings and cosine similarity):
   (:func:`~facebatch.attributes.metrics.verification_accuracy`). Images without a face cannot be
   paired and are left out (``verification_failed``). ``verification_threshold`` (mean fold
   threshold) is a starting point for ``facebatch enroll --match --threshold``.
+* The operating point at a stated false-accept rate (``--far``, default 0.01) on the same pairs
+  (:func:`~facebatch.attributes.metrics.tar_at_far`): ``verification_threshold_at_far`` is the
+  lowest cosine threshold at which at most that share of the different-person pairs is accepted,
+  ``verification_tar_at_far`` the share of same-person pairs accepted there, and
+  ``verification_at_far`` the counts. This is the gallery's ``unknown`` threshold that
+  ``tools/release_model.py --identity-eval`` stores in a released model.
 
-Writes OUTDIR/metrics.json, predictions.csv (test probes: truth, prediction, similarity) and model.json.
+Writes OUTDIR/metrics.json, predictions.csv (test probes: truth, prediction, similarity),
+model.json, and with verification pairs roc.csv (far, tar, threshold, false_accepts,
+true_accepts at every threshold) and roc.png (FAR on a log axis, the operating point marked).
 """
 from __future__ import annotations
 
@@ -38,7 +46,8 @@ import numpy as np
 import torch
 
 from ..attributes.gallery import Gallery
-from ..attributes.metrics import make_pairs, top1_accuracy, verification_accuracy
+from ..attributes.metrics import (make_pairs, pair_similarity, tar_at_far, top1_accuracy, verification_accuracy,
+                                  verification_roc)
 from ..inference import AttributeHead
 from .attributes import _json_safe, embed_rows
 from .common import add_common_arguments, check_degrade, has_crop, load_rows, row_batches
@@ -60,11 +69,54 @@ def classifier_predictions(head: AttributeHead, rows: list[dict], batch_size: in
     return pred
 
 
+def write_roc_csv(roc: dict, path: Path) -> Path:
+    """One row per threshold of :func:`~facebatch.attributes.metrics.verification_roc`
+    (accept iff similarity >= threshold; the first row, ``inf``, accepts nothing)."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["far", "tar", "threshold", "false_accepts", "true_accepts"])
+        for far, tar, t, fa, ta in zip(roc["far"], roc["tar"], roc["threshold"], roc["n_false_accept"],
+                                       roc["n_true_accept"]):
+            w.writerow([f"{far:.6g}", f"{tar:.6g}", "inf" if np.isinf(t) else f"{t:.6f}", int(fa), int(ta)])
+    return path
+
+
+def save_roc_png(roc: dict, point: dict, auc: float, title: str, path: Path) -> Path:
+    """The ROC with FAR on a log axis (FAR 0 drawn at half of one false accept) and the
+    operating point at the stated FAR marked."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    floor = 0.5 / roc["n_diff"]
+    fig, ax = plt.subplots(figsize=(6, 4.8))
+    ax.step(np.maximum(roc["far"], floor), roc["tar"], where="post", lw=1.5, label="ROC")
+    ax.axvline(point["far_target"], color="grey", ls=":", lw=1, label=f"FAR {point['far_target']:g}")
+    ax.plot([max(point["far"], floor)], [point["tar"]], "o", color="C3", ms=8,
+            label=f"cosine >= {point['threshold']:.3f}: TAR {point['tar']:.3f}, FAR {point['far']:.4f}")
+    ax.set_xscale("log")
+    ax.set_xlim(floor * 0.8, 1.0)
+    ax.set_ylim(0.0, 1.01)
+    ax.set_xlabel(f"false-accept rate ({roc['n_diff']} different-person pairs; log)")
+    ax.set_ylabel(f"true-accept rate ({roc['n_same']} same-person pairs)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(f"{title}\nAUC {auc:.3f}, TAR {point['tar']:.3f} @ FAR {point['far_target']:g}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
 def evaluate_identity(model_name: str, src: str, fmt: str | None, outdir: str, labels: str | None = None,
                       limit: int | None = None, address: str | None = None, gallery_splits=("train",),
                       probe_splits=("test",), verification_splits=("val",), n_pairs: int = 6000, seed: int = 0,
-                      degrade: str | None = None) -> dict:
-    """Run the identity evaluation and write its files into ``outdir``; returns the metrics."""
+                      degrade: str | None = None, far: float = 0.01) -> dict:
+    """Run the identity evaluation and write its files into ``outdir``; returns the metrics.
+
+    ``far``: the false-accept rate at which the verification threshold and TAR are reported.
+    """
+    if not 0.0 <= far <= 1.0:
+        raise ValueError(f"--far must be a rate in [0, 1], got {far}")
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     head = AttributeHead.load(model_name)
@@ -109,11 +161,14 @@ def evaluate_identity(model_name: str, src: str, fmt: str | None, outdir: str, l
     trained = set(meta.get("identities") or [])
     ver = np.isin(split, verification_splits) & ~np.isin(ident, sorted(trained))
     metrics.update({"verification_accuracy": None, "verification_persons": int(len(set(ident[ver]))),
-                    "verification_images": int((ver & ~failed).sum()), "verification_failed": int((ver & failed).sum())})
+                    "verification_images": int((ver & ~failed).sum()), "verification_failed": int((ver & failed).sum()),
+                    "verification_far": float(far), "verification_tar_at_far": None,
+                    "verification_threshold_at_far": None})
+    roc = point = None
     v_idx = np.flatnonzero(ver & ~failed)
     if len(set(ident[v_idx])) >= 2:
         try:
-            pairs, _ = make_pairs(ident[v_idx], n_pairs, seed)
+            pairs, same = make_pairs(ident[v_idx], n_pairs, seed)
         except ValueError as exc:  # nobody with two images
             metrics["verification_note"] = str(exc)
         else:
@@ -122,6 +177,10 @@ def evaluate_identity(model_name: str, src: str, fmt: str | None, outdir: str, l
             metrics.update({"verification_accuracy": v["accuracy"], "verification_accuracy_std": v["accuracy_std"],
                             "verification_threshold": v["threshold"], "verification_roc_auc": v["roc_auc"],
                             "verification_pairs": v["n_pairs"], "verification_folds": v["n_folds"]})
+            sim = pair_similarity(emb[v_idx], pairs)
+            roc, point = verification_roc(sim, same), tar_at_far(sim, same, far)
+            metrics.update({"verification_tar_at_far": point["tar"], "verification_threshold_at_far": point["threshold"],
+                            "verification_at_far": point})
     else:
         metrics["verification_note"] = (f"fewer than two people of split(s) {list(verification_splits)} outside "
                                          "the model's training identities")
@@ -137,6 +196,11 @@ def evaluate_identity(model_name: str, src: str, fmt: str | None, outdir: str, l
         for k, i in enumerate(p_idx):
             w.writerow([rows[i]["path"], rows[i]["split"], rows[i]["identity"], int(failed[i]), pred_names[k],
                         "" if np.isnan(sims[k]) else f"{sims[k]:.5f}"])
+    if roc is not None:
+        write_roc_csv(roc, out / "roc.csv")
+        save_roc_png(roc, point, metrics["verification_roc_auc"],
+                     f"{Path(model_name).stem} ({info['model']}): verification on {metrics['verification_persons']} "
+                     "unseen people", out / "roc.png")
     (out / "model.json").write_text(json.dumps({k: v for k, v in info.items() if k != "meta"} | {
         "meta": {k: v for k, v in meta.items() if k not in ("history", "identities")}}, indent=2, default=str))
     return metrics
@@ -146,10 +210,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common_arguments(p, "shipped model name (attributes) or a model file", "celeba, classes, csv",
                          "metrics.json and predictions.csv", splits=False)
     p.add_argument("--pairs", type=int, default=6000, help="verification pairs to sample (half same, half different)")
+    p.add_argument("--far", type=float, default=0.01,
+                   help="false-accept rate at which to report the verification threshold and TAR (default 0.01)")
 
 
 def run(args: argparse.Namespace) -> int:
     m = evaluate_identity(args.model, args.input, args.format, args.output, labels=args.labels,
-                          limit=args.limit, address=args.address, n_pairs=args.pairs, degrade=args.degrade)
+                          limit=args.limit, address=args.address, n_pairs=args.pairs, degrade=args.degrade,
+                          far=args.far)
     print(json.dumps(m, indent=2))
     return 0
