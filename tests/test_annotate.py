@@ -148,13 +148,16 @@ def test_rows_equal_face_analyzer(mixed_run):
 
 
 def test_big_photo_decoded_small_keeps_original_pixels(mixed_run):
-    """The 3200x2400 photo is detected at 1/4 scale and its face (~750 px crop square: ~190 px at 1/4)
-    re-decoded at 1/2 for the crop; coordinates are still in its own full-size pixels: those of the
-    small photo x3 + the paste offset (keypoints within 3% of the face size on average, box
-    corners within 6%: a wrong scale would be off by 100% or more)."""
+    """The 3200x2400 photo is detected at 1/4 scale; its face's crop is cut from that decode when the
+    crop square (~800 px) still spans the 192 px the keypoint model takes at 1/4, else from a 1/2
+    decode; coordinates are in its own full-size pixels either way: those of the small photo x3 +
+    the paste offset (keypoints within 3% of the face size on average, box corners within 6%: a
+    wrong scale would be off by 100% or more). The re-decode itself is checked against full-size
+    decoding in test_annotate_decode.py."""
     rows = {Path(r["path"]).name: r for r in mixed_run["table"].to_pylist() if r["face_index"] in (0, -1)}
     big, small = rows["big_upscaled.jpg"], rows[mixed_run["big_src"].name]
-    assert mixed_run["summary"]["redecoded_for_crops"] == 1
+    side = big["crop_box"][2] - big["crop_box"][0]
+    assert mixed_run["summary"]["redecoded_for_crops"] == (0 if side / 4 >= 192 else 1), side
     assert big["status"] == "ok" and (big["width"], big["height"]) == (3200, 2400)
     off = np.array(BIG_OFFSET * 2, np.float64)
     tol = 0.03 * big["face_size"]

@@ -25,12 +25,32 @@ from ..preprocess.shards import RetryPolicy, call_with_retries, check_output_pat
 from ..storage import check_writable, filesystem, join, storage_options
 from . import state as ST
 from .config import AnnotateConfig, plan_workers
+from ..imaging import sha256_bytes
 from .decode import crop_scale, decode_scaled
 from .lock import RunLock
 # stage 1 (read tasks) lives in .read, which imports no torch: read workers start seconds sooner
 from .read import _read, _read_shard, changed_since_listing, read_object  # noqa: F401
 
 log = logging.getLogger(__name__)
+
+
+class _Clock:
+    """Wall and CPU seconds of a worker's steps, accumulated by name (``lap`` ends a step)."""
+
+    def __init__(self) -> None:
+        self.wall: Counter = Counter()
+        self.cpu: Counter = Counter()
+        self._w, self._c = time.perf_counter(), time.process_time()
+
+    def lap(self, name: str) -> None:
+        w, c = time.perf_counter(), time.process_time()
+        self.wall[name] += w - self._w
+        self.cpu[name] += c - self._c
+        self._w, self._c = w, c
+
+    @staticmethod
+    def rounded(d: Counter) -> dict:
+        return {k: round(v, 4) for k, v in d.items()}
 
 
 class JobFailed(RuntimeError):
@@ -55,14 +75,33 @@ def _scale_list(v, k: float):
     return None if v is None else [float(x) * k for x in v]
 
 
+def crop_needs(fa, crops: bool) -> list[tuple[int, float]]:
+    """``(pixels, margin)`` that a face's crop square must span in the image it is cut from, one
+    per consumer: each model head needs its input side (capped at its crop frame's size: the crop
+    is resized to that first), and stored crops (``--crops``) need the frame's full ``crop_size``.
+    A face whose square spans fewer pixels in the draft decode is cut from a finer decode."""
+    from ..inference.inputs import CropFrame
+    needs = []
+    for head in (fa.keypoints, fa.attributes):
+        if head is not None:
+            needs.append((min(int(head.input.size), int(head.input.frame.crop_size)), float(head.input.frame.margin)))
+    if crops:
+        frame = CropFrame()
+        needs.append((int(frame.crop_size), float(frame.margin)))
+    return needs
+
+
 class AnnotateWorker:
     """One FaceAnalyzer per actor; ``__call__`` takes a batch of read shards, writes their parts
     and returns per-shard stats (JSON)."""
 
     def __init__(self, cfg: dict, threads: int, run_id: str, folder: str, options: dict, provenance: dict) -> None:
+        # wall-clock marks (epoch seconds) of the actor's start-up, for the run's timeline
+        self.marks = {"actor_enter": time.time()}
         import torch
         from ..detection import DetectorConfig
         from ..inference import FaceAnalyzer
+        self.marks["actor_imported"] = time.time()
         t0 = time.perf_counter()
         torch.set_num_threads(threads)
         self.cfg = AnnotateConfig(**{**cfg, "detector": DetectorConfig(**cfg["detector"])})
@@ -78,59 +117,63 @@ class AnnotateWorker:
         self.metadata = {META_SCHEMA: json.dumps(SCHEMA_VERSION), META_MODELS: json.dumps(self.describe, default=str),
                          META_CONFIG: json.dumps(cfg, default=str), META_VERSION: json.dumps(provenance.get("version")),
                          META_GIT: json.dumps(provenance.get("git_commit"))}
+        self.crop_needs = crop_needs(self.fa, self.cfg.crops)
         self.init_s = time.perf_counter() - t0
+        self.marks["actor_ready"] = time.time()
 
     def __call__(self, batch: dict) -> dict:
-        stats = [self.process(int(sid), payload, float(rs))
-                 for sid, payload, rs in zip(batch["shard_id"], batch["payload"], batch["read_s"])]
+        n = len(batch["shard_id"])
+        rb, re_ = batch.get("read_begin", [None] * n), batch.get("read_end", [None] * n)
+        stats = []
+        for sid, payload, rs, b, e in zip(batch["shard_id"], batch["payload"], batch["read_s"], rb, re_):
+            st = self.process(int(sid), payload, float(rs))
+            st["marks"].update({"read_begin": None if b is None else float(b), "read_end": None if e is None else float(e)})
+            stats.append(st)
         return {"stats": [json.dumps(s, default=str) for s in stats]}
 
     # -- per shard
     def process(self, shard_id: int, payload: bytes, read_s: float = 0.0) -> dict:
-        from ..imaging import sha256_bytes
-        cfg, fa = self.cfg, self.fa
+        cfg = self.cfg
+        t_begin = time.time()
+        clock = _Clock()
         items = pickle.loads(payload)
-        t0 = time.perf_counter()
-        max_side = cfg.detector.max_side if cfg.decode == "draft" else None
+        del payload
+        clock.lap("unpickle")
         bases, decoded, datas = [], [], []
         for base, data in items:
+            res = None
             if data is not None:
-                res = decode_scaled(data, max_side=max_side, max_pixels=cfg.max_pixels)
+                res = self._decode_first(data)
+                clock.lap("decode")
                 base.update({S.SHA256: sha256_bytes(data), S.WIDTH: res.width, S.HEIGHT: res.height,
                              S.STATUS: res.status, S.ERROR: res.error})
-            else:
-                res = None
+                clock.lap("sha256")
             bases.append(base)
             decoded.append(res if res is not None and res.image is not None else None)
             datas.append(data)
-        t1 = time.perf_counter()
         ok = [i for i, r in enumerate(decoded) if r is not None]
         found = self._detect([decoded[i].image for i in ok], [bases[i] for i in ok])
-        t2 = time.perf_counter()
-        # per image: the scale to cut crops at, and faces in that image's pixels
+        clock.lap("detect")
+        # per image: the image the faces are cut from (the first decode, or a finer one for faces
+        # that need more pixels than it has), and the faces in that image's pixels
         images, faces, scales, n_faces = {}, {}, {}, {}
         redecoded = 0
         for i, fs in zip(ok, found):
             r = decoded[i]
+            decoded[i] = None  # the detector's image is not needed past here unless it is also the crop source
             if fs is None:
                 continue
             orig = [_scaled_face(f, r.scale) for f in fs]
             n_faces[i] = len(orig)
             keep = orig if cfg.all_faces else orig[:1]
-            s = min([crop_scale(f.box, r.width, r.height, r.scale, fmt=r.fmt) for f in keep], default=r.scale)
-            img = r.image
-            if s != r.scale:
-                again = decode_scaled(datas[i], max_pixels=cfg.max_pixels, scale=s)
-                if again.image is not None:
-                    img, s = again.image, again.scale
-                    redecoded += 1
-                else:
-                    s = r.scale
+            img, s, again = self._crop_source(datas[i], r, keep)
+            redecoded += again
+            datas[i] = None
             images[i], scales[i] = img, s
             faces[i] = [_scaled_face(f, 1.0 / s) for f in keep]
-        t3 = time.perf_counter()
+        clock.lap("redecode")
         results = self._analyze(images, faces, bases)
-        t4 = time.perf_counter()
+        clock.lap("analyze")
         now = _dt.datetime.now(_dt.timezone.utc)
         rows = []
         for i, base in enumerate(bases):
@@ -152,7 +195,7 @@ class AnnotateWorker:
                     from ..inference import face_crop
                     d[S.CROP] = face_crop(images[i], faces[i][j].box)[1]
                 rows.append({**base, **d, S.N_FACES: n_faces[i], S.FACE_INDEX: j})
-        t5 = time.perf_counter()
+        clock.lap("rows")
         expected = sum(max(1, len(results.get(i) or [])) for i in range(len(bases)))
         if len(rows) != expected or {r[S.PATH] for r in rows} != {b[S.PATH] for b in bases} or len(bases) != len(items):
             raise RuntimeError(f"shard {shard_id}: {len(items)} inputs gave {len(rows)} rows, expected {expected}")
@@ -163,14 +206,38 @@ class AnnotateWorker:
         except Exception as exc:
             raise RuntimeError(f"FACEBATCH_WRITE_FAILED shard {shard_id} to {self.folder}: "
                                f"{type(exc).__name__}: {exc}"[:800]) from None
-        t6 = time.perf_counter()
+        clock.lap("write")
         first = [r for r in rows if (r[S.FACE_INDEX] or 0) <= 0]
+        w = clock.wall
         return {"shard_id": shard_id, "n_inputs": len(items), "n_rows": len(rows),
                 "status_counts": dict(Counter(r[S.STATUS] for r in first)),
                 "row_status_counts": dict(Counter(r[S.STATUS] for r in rows)),
-                "redecoded": redecoded, "read_s": read_s, "decode_s": t1 - t0 + (t3 - t2), "detect_s": t2 - t1,
-                "analyze_s": t4 - t3, "rows_s": t5 - t4, "write_s": t6 - t5, "actor_init_s": self.init_s,
+                "redecoded": redecoded, "read_s": read_s,
+                "decode_s": w["unpickle"] + w["decode"] + w["sha256"] + w["redecode"], "detect_s": w["detect"],
+                "analyze_s": w["analyze"], "rows_s": w["rows"], "write_s": w["write"], "actor_init_s": self.init_s,
+                "wall_by_step_s": clock.rounded(clock.wall), "cpu_by_step_s": clock.rounded(clock.cpu),
+                "marks": {**self.marks, "shard_begin": t_begin, "shard_end": time.time()},
                 "models": self.describe, "attributes": self.attrs}
+
+    def _decode_first(self, data: bytes):
+        """The decode the detector sees: in ``draft`` mode a JPEG at the smallest scale whose
+        longer side still has ``max_side`` pixels; in ``full`` mode full size."""
+        max_side = self.cfg.detector.max_side if self.cfg.decode == "draft" else None
+        return decode_scaled(data, max_side=max_side, max_pixels=self.cfg.max_pixels)
+
+    def _crop_source(self, data: bytes, first, faces: list) -> tuple[np.ndarray, int, int]:
+        """``(image, its scale, 1 if decoded again else 0)``: the image the faces' crops are cut
+        from. The first decode when every face's crop square holds as many pixels as the models
+        take (:func:`crop_needs`); otherwise the photo decoded again at the coarsest draft scale
+        where they all do."""
+        s = min([crop_scale(f.box, first.width, first.height, first.scale, crop_size=need, margin=margin, fmt=first.fmt)
+                 for f in faces for need, margin in self.crop_needs], default=first.scale)
+        if s == first.scale:
+            return first.image, first.scale, 0
+        again = decode_scaled(data, max_pixels=self.cfg.max_pixels, scale=s)
+        if again.image is None:
+            return first.image, first.scale, 0
+        return again.image, again.scale, 1
 
     def _detect(self, images: list, bases: list) -> list:
         """Faces per image (in the decoded image's pixels); an image whose detection raises gets
@@ -234,11 +301,13 @@ def run_annotate(cfg: AnnotateConfig, address: str | None = None) -> dict:
     from ..provenance import provenance
     from .. import __version__
     t_start = time.perf_counter()
+    marks = {"run_start": time.time()}  # wall-clock marks of the driver, for the run's timeline
     cfg.validate()
     timing: dict[str, float] = {}
     options = storage_options(cfg.s3_endpoint_url)
     listing, skipped = ST.list_source(cfg.input, options)
     timing["list_s"] = time.perf_counter() - t_start
+    marks["listed"] = time.time()
     if listing.num_rows == 0:
         raise ValueError(f"no images found in --input {cfg.input}")
     if cfg.dry_run:
@@ -255,6 +324,7 @@ def run_annotate(cfg: AnnotateConfig, address: str | None = None) -> dict:
         manifest, _ = ST.load_manifest(cfg.output, options)
         d = ST.diff(listing, manifest, cfg.full)
         timing["diff_s"] = time.perf_counter() - t_start - timing["list_s"]
+        marks["diffed"] = time.time()
         todo = d.todo
         folder = ST.run_dir(root, run_id)
         uri_folder = ST.run_dir(cfg.output.rstrip("/"), run_id) if "://" in cfg.output else folder
@@ -270,24 +340,31 @@ def run_annotate(cfg: AnnotateConfig, address: str | None = None) -> dict:
             from ..raycluster import init_ray
             info = init_ray(address)
             timing["ray_init_s"] = time.perf_counter() - t_ray
+            marks["ray_started"] = time.time()
             n, cpw, threads = plan_workers(cfg, info["resources"].get("CPU", 1), info["resources"].get("GPU", 0))
             prov = {**provenance(), "version": __version__}
             try:
                 _run_pipeline(cfg, shards, min(n, len(shards)), cpw, threads, run_id, uri_folder, options, prov,
-                              results, finished, timing, t_ray, todo.num_rows)
+                              results, finished, timing, t_ray, todo.num_rows, marks)
             except Exception as exc:
                 raise JobFailed(f"annotate run {run_id} failed: {_short(exc)}; {len(results)} of {len(shards)} "
                                 f"shards were written, nothing was committed: rerun the same command") from exc
+            marks["last_shard"] = time.time()
             _check(cfg, fs, folder, todo["path"].to_pylist(), results, len(shards))
+            marks["checked"] = time.time()
         processing = time.perf_counter() - t_ray
         ST.write_run_deleted(fs, folder, d.deleted, run_id)
+        if cfg.report:  # before the summary, so that its time is in the timeline
+            from .report import write_report
+            marks["report"] = time.time()
+            summary = _summary(cfg, run_id, uri_folder, listing, d, results, finished, skipped, recovered, timing,
+                               processing, time.perf_counter() - t_start, info, marks)
+            write_report(cfg.output, folder, summary, options)
+        marks["summary"] = time.time()
         summary = _summary(cfg, run_id, uri_folder, listing, d, results, finished, skipped, recovered, timing,
-                           processing, time.perf_counter() - t_start, info)
+                           processing, time.perf_counter() - t_start, info, marks)
         with fs.open(join(folder, ST.SUMMARY), "w") as f:
             json.dump(summary, f, indent=2, default=str)
-        if cfg.report:
-            from .report import write_report
-            write_report(cfg.output, folder, summary, options)
         with fs.open(join(folder, ST.SUCCESS), "w") as f:
             f.write(run_id)
         ST.apply_run(cfg.output, options, run_id, folder)
@@ -300,7 +377,7 @@ def _exists(dst: str, options: dict) -> bool:
 
 
 def _run_pipeline(cfg, shards, n, cpw, threads, run_id, folder, options, prov, results, finished, timing, t_ray,
-                  total):
+                  total, marks):
     import ray
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
@@ -318,6 +395,7 @@ def _run_pipeline(cfg, shards, n, cpw, threads, run_id, folder, options, prov, r
         now = time.perf_counter()
         if not finished:
             timing["first_shard_s"] = now - t_ray
+            marks["first_shard"] = time.time()
         finished.append((now, st["n_inputs"]))
         done += st["n_inputs"]
         _print(f"[facebatch] {done}/{total} images annotated")
@@ -350,7 +428,26 @@ def _steady(finished) -> float | None:
     return round(sum(n for _, n in finished[1:]) / (finished[-1][0] - finished[0][0]), 2)
 
 
-def _summary(cfg, run_id, folder, listing, d, results, finished, skipped, recovered, timing, processing, wall, info):
+def _timeline(marks: dict, results: dict) -> dict:
+    """Seconds from the start of the run to each driver mark and to the first of each worker mark
+    (read tasks and actors run in other processes; the marks are wall-clock times on one clock
+    per node)."""
+    t0 = marks["run_start"]
+    out = {k: v - t0 for k, v in marks.items() if k != "run_start"}
+    workers: dict[str, list[float]] = {}
+    for st in results.values():
+        for k, v in (st.get("marks") or {}).items():
+            if v is not None:
+                workers.setdefault(k, []).append(v)
+    for k, vs in workers.items():
+        out[f"first_{k}"] = min(vs) - t0
+        if k in ("actor_ready", "shard_end", "read_end"):
+            out[f"last_{k}"] = max(vs) - t0
+    return {k: round(v, 2) for k, v in sorted(out.items(), key=lambda kv: kv[1])}
+
+
+def _summary(cfg, run_id, folder, listing, d, results, finished, skipped, recovered, timing, processing, wall, info,
+             marks=None):
     statuses, rows_by = Counter(), Counter()
     for st in results.values():
         statuses.update(st["status_counts"])
@@ -359,6 +456,10 @@ def _summary(cfg, run_id, folder, listing, d, results, finished, skipped, recove
     failed = sum(v for k, v in statuses.items() if k in S.FAILED_STATUSES)
     stage = {k: round(sum(st[k] for st in results.values()), 2)
              for k in ("read_s", "decode_s", "detect_s", "analyze_s", "rows_s", "write_s")}
+    steps = {"wall": Counter(), "cpu": Counter()}
+    for st in results.values():
+        steps["wall"].update(st.get("wall_by_step_s") or {})
+        steps["cpu"].update(st.get("cpu_by_step_s") or {})
     first = next(iter(results.values()), {})
     return {
         "run_id": run_id, "run_folder": folder, "input": cfg.input, "output": cfg.output,
@@ -371,8 +472,11 @@ def _summary(cfg, run_id, folder, listing, d, results, finished, skipped, recove
         "images_per_s": round(processed / processing, 2) if processed and processing > 0 else None,
         "steady_images_per_s": _steady(finished),
         "startup_s": {k: round(v, 2) for k, v in timing.items()},
+        "timeline_s": _timeline(marks, results) if marks else {},
+        "run_start_epoch": marks.get("run_start") if marks else None,
         "actor_init_s": round(max((st.get("actor_init_s", 0) for st in results.values()), default=0), 2),
-        "stage_s": stage, "skipped": skipped, "recovered": recovered,
+        "stage_s": stage, "step_s": {k: {n: round(v, 2) for n, v in c.items()} for k, c in steps.items()},
+        "skipped": skipped, "recovered": recovered,
         "models": first.get("models"), "attributes": first.get("attributes"),
         "config": cfg.to_dict(), "ray": info,
     }
