@@ -48,7 +48,7 @@ def test_train_resume_export_evaluate(ray_session, kp_parquet, tmp_path):
     from facebatch.training.run import train
     base = ["data=" + json.dumps(str(kp_parquet)), "input_size=64", "batch_size=8", "lr=0.003",
             "model_kwargs={\"pretrained\": true}", "num_workers=2", "cpus_per_worker=0.5",
-            "storage_path=" + json.dumps(str(tmp_path / "runs")), "name=\"t1\""]
+            "storage_path=" + json.dumps(str(tmp_path / "runs")), "name=\"t1\"", "ema=0.9"]  # EMA through resume
     first = train(load_config("keypoints68", base + ["epochs=2", "export=null"]))
     assert first["epochs_run"] == 2 and first["n_train"] + first["n_val"] == 24
     # continue the same run: the first two epochs are restored, not retrained

@@ -24,6 +24,9 @@ class TrainConfig:
         epochs, batch_size, lr, weight_decay, warmup_epochs: optimisation (AdamW, cosine decay).
         loss: ``mse``, ``l1`` or ``wing`` for keypoints.
         patience: stop after this many epochs without a better validation score (0 = never).
+        ema: decay of an exponential moving average of the weights, updated every step (e.g.
+            0.999; 0 = off). When on, validation, the kept best model and the export use the
+            averaged weights.
         keep: which weights to export: ``best`` (best validation score) or ``last`` (the final
             epoch; for models whose validation score misses part of what they learn, e.g. a
             multitask model's identity embedding, judged on people outside the validation split).
@@ -54,6 +57,7 @@ class TrainConfig:
     loss: str = "wing"
     patience: int = 0
     keep: str = "best"
+    ema: float = 0.0
     augment: Any = field(default_factory=dict)
     flip_test: bool = False
     num_workers: int = 1
@@ -121,6 +125,8 @@ def load_config(path: str | None, overrides: list[str] = ()) -> TrainConfig:
     cfg = TrainConfig(**data)
     if cfg.task not in ("keypoints", "attributes"):
         raise ValueError(f"task must be keypoints or attributes, got {cfg.task!r}")
+    if not 0.0 <= cfg.ema < 1.0:
+        raise ValueError(f"ema must be in [0, 1) (a decay such as 0.999; 0 = off), got {cfg.ema}")
     if cfg.keep not in ("best", "last"):
         raise ValueError(f"keep must be best or last, got {cfg.keep!r}")
     return cfg

@@ -91,6 +91,13 @@ def train_loop_per_worker(config: dict) -> None:
             rng = np.random.default_rng(cfg.seed * 1000 + rank + 7919 * start_epoch)
     model = ray.train.torch.prepare_model(model)
     raw = model.module if hasattr(model, "module") else model
+    ema = None
+    if cfg.ema > 0:  # the averaged weights are what is validated, kept and exported
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+        ema = AveragedModel(raw, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+        if ckpt and st.get("ema") is not None:
+            ema.load_state_dict(st["ema"])
+    judged = ema.module if ema is not None else raw
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     train_shard = ray.train.get_dataset_shard("train")
@@ -118,10 +125,13 @@ def train_loop_per_worker(config: dict) -> None:
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
+            if ema is not None:
+                ema.update_parameters(raw)
             loss_sum += torch.tensor([loss.item() * len(x), len(x)])
             step += 1
         train_phase_s = time.perf_counter() - t0
         model.eval()
+        judged.eval()
         sums = None
         with torch.inference_mode():
             for batch in val_shard.iter_batches(batch_size=128, batch_format="numpy"):
@@ -130,7 +140,7 @@ def train_loop_per_worker(config: dict) -> None:
                     continue
                 x = x.to(device)
                 y = y.to(device) if torch.is_tensor(y) else {k: v.to(device) for k, v in y.items()}
-                s = task.metric_sums(task.predict(raw, x), y).cpu()
+                s = task.metric_sums(task.predict(judged, x), y).cpu()
                 sums = s if sums is None else sums + s
         sums = _all_reduce(sums if sums is not None else torch.zeros(task.n_metric_sums))
         loss_sum = _all_reduce(loss_sum)
@@ -148,7 +158,7 @@ def train_loop_per_worker(config: dict) -> None:
         else:
             bad_epochs += 1
         if improved or cfg.keep == "last":
-            best_state = {k: v.detach().cpu().clone() for k, v in raw.state_dict().items()}
+            best_state = {k: v.detach().cpu().clone() for k, v in judged.state_dict().items()}
         stop = cfg.patience > 0 and bad_epochs >= cfg.patience
         if rank == 0:
             # Written to stdout directly: Ray Train patches print() to both print and log (to stderr),
@@ -160,6 +170,7 @@ def train_loop_per_worker(config: dict) -> None:
             checkpoint = None
             if rank == 0:
                 torch.save({"model": raw.state_dict(), "optimizer": opt.state_dict(), "best_model": best_state,
+                            "ema": None if ema is None else ema.state_dict(),
                             "meta": json.dumps({"epoch": epoch, "history": history, "best": best, "train_s": train_s,
                                                 "stopped_early": stop})}, os.path.join(d, "state.pt"))
                 checkpoint = ray.train.Checkpoint.from_directory(d)
