@@ -170,9 +170,9 @@ def facebatch_paths(photos: list[np.ndarray], reps: int, runs: int, threads: int
     faces = fas["torch"].detect(photos[:8])
     head = fas["torch"].keypoints
     xk = model_input([face_crop(p, f[0].box, head.input.frame)[1] for p, f in zip(photos, faces) if f], head.input)
-    calls = {"detector_network": lambda rt: be[rt].network(x),
-             f"keypoints_predict_b{len(xk)}": lambda rt: fas[rt].keypoints.predict(xk)}
-    for name, fn in calls.items():
+    calls = {"detector_network": (lambda rt: be[rt].network(x), list(x.shape)),
+             "keypoints_predict": (lambda rt: fas[rt].keypoints.predict(xk), list(xk.shape))}
+    for name, (fn, shape) in calls.items():
         with torch.inference_mode():
             for _ in range(3):
                 fn("torch"), fn("auto")
@@ -182,7 +182,7 @@ def facebatch_paths(photos: list[np.ndarray], reps: int, runs: int, threads: int
                 for rt in t:
                     t[rt] += _time(lambda: fn(rt), 1)
         mt, mo = statistics.median(t["torch"]), statistics.median(t["auto"])
-        out[name] = {"torch_ms": round(mt * 1e3, 2), "ort_ms": round(mo * 1e3, 2), "speedup": round(mt / mo, 2),
+        out[name] = {"input": shape, "torch_ms": round(mt * 1e3, 2), "ort_ms": round(mo * 1e3, 2), "speedup": round(mt / mo, 2),
                      "load1": [round(load0, 2), round(os.getloadavg()[0], 2)]}
         print(json.dumps({name: out[name]}), flush=True)
     # the whole analyzer, as annotate and serve call it

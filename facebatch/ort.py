@@ -1,7 +1,7 @@
 """The CPU runtime: run a torch module's forward in onnxruntime, on the same weights.
 
-On CPU, onnxruntime runs the RetinaFace-MobileNet detector and the keypoint networks about 2.6x
-faster than torch at one thread (``bench/onnx_bench.py``, docs/BENCHMARKS.md "CPU runtime").
+On CPU, onnxruntime runs the RetinaFace-MobileNet detector and the keypoint networks markedly
+faster than torch on the same weights (``bench/onnx_bench.py``, docs/BENCHMARKS.md "CPU runtime").
 :func:`accelerate` exports a module with ``torch.onnx.export`` (opset 17, dynamic batch and,
 where asked, dynamic height/width), caches the file, opens an onnxruntime session and checks it
 against torch on a fixed input. A module that cannot be exported whole (the keypoint ensemble's
@@ -135,7 +135,15 @@ def _key(module: nn.Module, example: torch.Tensor, dynamic: tuple[int, ...]) -> 
     return f"{cls.__name__}-{h.hexdigest()[:24]}"
 
 
+class _Unsupported(_NoExport):
+    """An operator without an ONNX form: the same every time, so remembered in the cache."""
+
+
 def _export(module: nn.Module, example: torch.Tensor, dynamic: tuple[int, ...]) -> bytes:
+    try:
+        import onnx  # noqa: F401  (torch's exporter needs it)
+    except Exception as e:
+        raise OrtUnavailable(f"the onnx package is not installed ({type(e).__name__}: {e})") from e
     names = {0: "batch", 2: "height", 3: "width"}
     axes = {"x": {d: names.get(d, f"d{d}") for d in dynamic}}
     f = io.BytesIO()
@@ -145,8 +153,10 @@ def _export(module: nn.Module, example: torch.Tensor, dynamic: tuple[int, ...]) 
             torch.onnx.export(module, (example,), f, input_names=["x"], opset_version=OPSET,
                               dynamic_axes=axes, dynamo=False)
     except Exception as e:  # unsupported operators, untraceable control flow, ...
-        raise _NoExport(f"ONNX export of {type(module).__name__} failed: {type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:200]}") from e
+        unsupported = type(e).__name__ == "UnsupportedOperatorError"
+        raise (_Unsupported if unsupported else _NoExport)(
+            f"ONNX export of {type(module).__name__} failed: {type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200]}") from e
     return f.getvalue()
 
 
@@ -228,7 +238,7 @@ def onnx_module(module: nn.Module, example: torch.Tensor, dynamic: tuple[int, ..
     if ort_mod is None:
         try:
             data = _export(module, example, dynamic)
-        except _NoExport as e:
+        except _Unsupported as e:
             _cache_write(failed, str(e).encode())
             raise
         if not _cache_write(path, data):

@@ -156,3 +156,21 @@ def test_nested_ensemble_is_split_down_to_its_members(analyzers, photos):
     x = model_input([face_crop(p, fs[0].box, k_ort.input.frame)[1] for p, fs in zip(photos, faces) if fs],
                     k_ort.input)
     assert float(np.abs(k_ort.predict(x) - k_torch.predict(x)).max()) <= TOL
+
+
+def test_without_the_onnx_package_a_cached_export_still_runs(monkeypatch, tmp_path, caplog, mobilenet_weights):
+    """Exporting needs the onnx package, running a cached export does not; neither fails the load."""
+    from facebatch.detection.mobilenet_backend import MobileNetBackend
+    monkeypatch.setenv("FACEBATCH_CACHE_DIR", str(tmp_path))
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    with caplog.at_level(logging.WARNING, logger="facebatch.ort"):
+        be = MobileNetBackend(weights_path=str(mobilenet_weights), runtime="onnxruntime")
+        assert be.runtime_info["runtime"] == "torch"
+    assert any("onnx package is not installed" in r.getMessage() for r in caplog.records)
+    assert not list(tmp_path.rglob("*.noexport"))  # not remembered as a model that cannot export
+    monkeypatch.delitem(sys.modules, "onnx")
+    assert MobileNetBackend(weights_path=str(mobilenet_weights), runtime="onnxruntime").runtime_info["runtime"] \
+        == "onnxruntime"
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    be = MobileNetBackend(weights_path=str(mobilenet_weights), runtime="onnxruntime")
+    assert be.runtime_info["runtime"] == "onnxruntime" and be._runner.cached

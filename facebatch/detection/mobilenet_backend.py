@@ -1,7 +1,7 @@
 """The ``mobilenet`` backend: our RetinaFace-MobileNet-0.25 on the published weights.
 
-The network runs in onnxruntime on CPU by default (:mod:`facebatch.ort`; about 2.6x faster than
-torch at one thread, same outputs within 1e-3) and in torch on CUDA or when asked
+The network runs in onnxruntime on CPU by default (:mod:`facebatch.ort`: faster than torch there,
+same outputs within 1e-3) and in torch on CUDA or when asked
 (``runtime="torch"`` or ``FACEBATCH_CPU_RUNTIME=torch``); :attr:`MobileNetBackend.runtime_info`
 says which one ran.
 """
