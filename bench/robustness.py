@@ -35,28 +35,33 @@ DATA = Path(os.environ.get("FACEBATCH_DATA", REPO.parent / "shared" / "data"))
 GRID = ["none", "scale=0.5", "scale=0.33", "scale=0.25", "jpeg=90", "jpeg=30"]
 
 
-def preprocessed(name: str, fmt: str, cond: str, log: Path) -> Path:
+def preprocessed(name: str, fmt: str, cond: str, log: Path, splits: str | None = None) -> Path:
     """The dataset preprocessed once per condition (`facebatch preprocess --degrade`, every face),
-    shared by all models and evaluations of that condition."""
-    out = REPO / "out" / "robustness" / "data" / f"{name}-{cond.replace('=', '')}"
+    shared by all models and evaluations of that condition; ``splits`` (e.g. ``val``) detects only
+    the images an evaluation reads. A full preprocessing of the condition serves any split."""
+    base = REPO / "out" / "robustness" / "data" / f"{name}-{cond.replace('=', '')}"
+    if (base / "_summary.json").exists() or not splits:
+        out = base
+    else:
+        out = base.with_name(f"{base.name}-{splits.replace(',', '-')}")
     if not (out / "_summary.json").exists():
         sh([FB, "preprocess", "--input", str(DATA / name), "--format", fmt, "--output", str(out), "--all-faces",
-            *([] if cond == "none" else ["--degrade", cond])], log)
+            *([] if cond == "none" else ["--degrade", cond]), *(["--splits", splits] if out != base else [])], log)
     return out
 
 
 def run_condition(cond: str, args, log: Path) -> dict:
     out = REPO / "out" / "robustness" / (args.tag or "release") / cond.replace("=", "")
     res = {}
-    jobs = [("keypoints", args.keypoints, "kp", ("udacity68", "udacity68"), ["--split", "val"]),
-            ("attributes", args.attributes, "attr", ("celeba6k", "celeba"), ["--split", "test"]),
-            ("identity", args.attributes, "id", ("celeba6k", "celeba"), [])]
-    for kind, model, key, (name, fmt_), extra in jobs:
-        if not model or model == "none":
+    jobs = [("keypoints", args.keypoints, "kp", ("udacity68", "udacity68"), ["--split", "val"], "val"),
+            ("attributes", args.attributes, "attr", ("celeba6k", "celeba"), ["--split", "test"], "test"),
+            ("identity", args.attributes, "id", ("celeba6k", "celeba"), [], None)]
+    for kind, model, key, (name, fmt_), extra, splits in jobs:
+        if not model or model == "none" or (kind == "identity" and cond not in args.identity_conditions):
             continue
         d = out / key
         if not (d / "metrics.json").exists():
-            src = preprocessed(name, fmt_, cond, log)
+            src = preprocessed(name, fmt_, cond, log, splits)
             sh([FB, "evaluate", kind, "--model", model, "--output", str(d), "--input", str(src), *extra], log)
         res[key] = json.loads((d / "metrics.json").read_text())
     return res
@@ -119,9 +124,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--conditions", nargs="+", default=GRID, help="degradation specs ('none' = original)")
     ap.add_argument("--keypoints", default="keypoints68", help="keypoint model (or none)")
     ap.add_argument("--attributes", default="attributes", help="attribute/identity model (or none)")
+    ap.add_argument("--identity-conditions", nargs="+", default=None,
+                    help="conditions that also run the identity evaluation, which needs every celeba6k image "
+                         "detected (default: all of --conditions)")
     ap.add_argument("--tag", default="", help="name of this model set in the docs (default: the release models)")
     ap.add_argument("--no-docs", action="store_true", help="print only")
     args = ap.parse_args(argv)
+    if args.identity_conditions is None:
+        args.identity_conditions = list(args.conditions)
     os.chdir(REPO)
     log = REPO / "logs" / f"robustness{'-' + args.tag if args.tag else ''}.log"
     log.parent.mkdir(exist_ok=True)

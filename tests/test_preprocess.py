@@ -138,3 +138,17 @@ def test_resume_refuses_changed_options(ray_session, udacity_subset, tmp_path):
     run_preprocess(_cfg(udacity_subset, tmp_path / "o", limit=4))
     with pytest.raises(ValueError, match="--resume"):
         run_preprocess(_cfg(udacity_subset, tmp_path / "o", limit=4, resume=True, crop=CropConfig(crop_size=128)))
+
+
+def test_splits_option_detects_only_those_people(ray_session, udacity_subset, tmp_path):
+    """--splits val: only the hashed validation people are read and detected, with their split."""
+    from facebatch.formats.base import assign_split
+    from facebatch.formats.udacity68 import person_of
+    names = sorted(p.name for p in (udacity_subset / "training").glob("*.jpg"))
+    want = {n for n in names if assign_split(person_of(n), 0.25) == "val"}
+    assert 0 < len(want) < len(names)
+    run_preprocess(_cfg(udacity_subset, tmp_path / "out", splits=("val",), val_fraction=0.25))
+    rows = _rows(tmp_path / "out")
+    assert {Path(r["path"]).name for r in rows} == want and {r["split"] for r in rows} == {"val"}
+    with pytest.raises(ValueError, match="--splits takes train, val and/or test"):
+        run_preprocess(_cfg(udacity_subset, tmp_path / "o2", splits=("validation",)))

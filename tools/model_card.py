@@ -22,6 +22,9 @@ LICENCES = {
                  "YouTube Faces (research use). The weights inherit the research-use terms of the frames.",
     "celeba": "CelebA (MMLAB, CUHK): non-commercial research use only. Models trained on it inherit that.",
     "genki": "GENKI-4K (MPLab, UC San Diego): cite \"http://mplab.ucsd.edu, The MPLab GENKI-4K Dataset.\"",
+    "300w": "300w_train: 300-W training subsets (LFPW, HELEN, AFW; iBUG, Imperial College London): annotations "
+            "for non-commercial research use only; the photos are third-party web and Flickr images. Models "
+            "trained on them inherit the non-commercial terms.",
     "detector": "Initialised from RetinaFace-MobileNet-0.25 (Pytorch_Retinaface, MIT), trained on WIDER FACE "
                 "(research use).",
 }

@@ -57,6 +57,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="skip parts a previous run finished whose inputs are unchanged; redo parts whose inputs "
                         "changed and parts with read_error/detect_error rows")
     r.add_argument("--limit", type=int, default=None, help="only the first N inputs (sorted, N >= 1), for a trial run")
+    r.add_argument("--splits", default=None, metavar="SPLIT[,SPLIT]",
+                   help="only inputs of these splits (train, val, test; val is a hashed share of persons), "
+                        "e.g. --splits val to evaluate on the validation people without detecting the rest")
     r.add_argument("--workers", type=int, default=None, help="detection actors (default: from the cluster's CPUs/GPUs)")
     r.add_argument("--cpus-per-worker", type=float, default=None, help="CPUs per detection actor (default: from the cluster)")
     r.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per detection actor (0 = CPU)")
@@ -83,6 +86,7 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
                         keep_crops=not args.no_crops),
         shard_size=args.shard_size, max_pixels=args.max_pixels, val_fraction=args.val_fraction,
         max_failure_rate=args.max_failure_rate, resume=args.resume, limit=args.limit, workers=args.workers,
+        splits=tuple(s.strip() for s in args.splits.split(",")) if args.splits is not None else None,
         cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
         s3_endpoint_url=args.s3_endpoint_url, progress=args.progress, log_every=args.log_every,
         retry_s=args.retry_seconds, degrade=args.degrade)

@@ -29,6 +29,8 @@ class PreprocessConfig:
         max_failure_rate: exit non-zero when more than this share of inputs fail (default 5%).
         resume: skip parts whose done-marker exists with the same inputs hash and no retryable failures.
         limit: only the first N sorted inputs (for trials); at least 1.
+        splits: only inputs of these splits (``train``, ``val``, ``test``; as assigned after
+            ``limit``), e.g. only the validation people for an evaluation; ``None`` = all.
         workers: detection actors (default: sized from the cluster).
         cpus_per_worker: CPUs reserved per detection actor (default: sized from the cluster).
         gpus_per_worker: GPUs per detection actor (0: CPU detection).
@@ -53,6 +55,7 @@ class PreprocessConfig:
     max_failure_rate: float = 0.05
     resume: bool = False
     limit: int | None = None
+    splits: tuple[str, ...] | None = None
     workers: int | None = None
     cpus_per_worker: float | None = None
     gpus_per_worker: float = 0.0
@@ -80,6 +83,8 @@ class PreprocessConfig:
             raise ValueError(f"--max-failure-rate must be in [0, 1], got {self.max_failure_rate}")
         if self.progress not in PROGRESS_MODES:
             raise ValueError(f"--progress must be one of {PROGRESS_MODES}, got {self.progress!r}")
+        if self.splits is not None and (not self.splits or set(self.splits) - {"train", "val", "test"}):
+            raise ValueError(f"--splits takes train, val and/or test, got {','.join(self.splits) or 'nothing'}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit must be at least 1, got {self.limit} (leave it out to process every input)")
         if self.log_every <= 0:

@@ -280,6 +280,11 @@ def _load_records(cfg: PreprocessConfig, options: dict) -> tuple[list, dict, lis
     if cfg.limit is not None:
         records = records[: cfg.limit]
     items = [(r, split_for(r, cfg.val_fraction)) for r in records]
+    if cfg.splits:
+        items = [(r, s) for r, s in items if s in cfg.splits]
+        if not items:
+            raise ValueError(f"--splits {','.join(cfg.splits)}: none of the {len(records)} inputs of {cfg.input} is in "
+                             "those splits (train, val, test); check the names and --val-fraction")
     return items, listing.report(), fingerprints(items, listing.info, options)
 
 
