@@ -1,17 +1,24 @@
 """Annotate benchmark: end-to-end `facebatch annotate` runs on the embedded local Ray (never a test).
 
     python bench/annotate_bench.py                       # everything, writes docs/BENCHMARKS.md
+    python bench/annotate_bench.py --only small,big --no-write
     python bench/annotate_bench.py --udacity 600 --big 40 --no-write
 
-Each run is a fresh `python -m facebatch.cli annotate ...` process, timed around the whole
-command (Python start, imports, Ray start, actor construction included); the per-run summary
-(`_summary.json`) gives the steady rate and where start-up went. Runs, in one go:
+Each run is a fresh process, timed around the whole command (Python start, imports, Ray start,
+actor construction included); the per-run summary (`_summary.json`) gives the steady rate, the
+start-up timeline and the worker CPU seconds per step. Load averages are recorded beside every
+run: on a shared machine only ratios and CPU seconds measured in the same run mean much. Runs:
 
-  1. udacity68/training (all 3,462 images unless --udacity N): annotate (detector + keypoints68 +
+  0. a 4-image warm-up run (fills the onnxruntime export cache, ~/.cache/facebatch/onnx, so that
+     no timed run pays for an export);
+  1. a 100-image annotate run, `--repeat` times each through `python jobs/annotate.py` (the
+     `ray job submit` entrypoint, which builds only the annotate parser) and through
+     `python -m facebatch.cli annotate`: wall time (median) and where it goes;
+  2. udacity68/training (all 3,462 images unless --udacity N): annotate (detector + keypoints68 +
      attributes) and `facebatch preprocess` on the same input;
-  2. N synthetic 12 MP JPEGs (4000x3000, q90) made from shared photos (upscaled, with texture):
-     annotate with `--decode draft` against `--decode full`, plus the bare decode times;
-  3. a 100-image annotate run: wall time and its start-up breakdown.
+  3. N synthetic 12 MP JPEGs (4000x3000, q90) made from shared photos (upscaled, with texture):
+     annotate with `--decode draft` against `--decode full` (shard size 8), wall and worker CPU
+     seconds per step, plus the bare decode times.
 """
 from __future__ import annotations
 
@@ -22,6 +29,7 @@ import io
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,6 +41,7 @@ sys.path.insert(0, str(REPO))
 from facebatch.paths import data_dir  # noqa: E402
 
 PY = sys.executable
+ENTRIES = {"job": [PY, "jobs/annotate.py"], "cli": [PY, "-m", "facebatch.cli", "annotate"]}
 
 
 def _env() -> dict:
@@ -44,23 +53,35 @@ def _env() -> dict:
     return env
 
 
-def _run(cmd: list[str]) -> float:
-    t = time.perf_counter()
+def _load() -> list[float]:
+    return [round(v, 1) for v in os.getloadavg()]
+
+
+def _run(cmd: list[str]) -> tuple[float, float]:
+    """``(wall seconds, epoch at launch)``."""
+    t, epoch = time.perf_counter(), time.time()
     r = subprocess.run(cmd, env=_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wall = time.perf_counter() - t
     if r.returncode not in (0, 3):
         sys.stderr.write(r.stdout[-4000:])
         raise SystemExit(f"failed: {' '.join(cmd)}")
-    return wall
+    return wall, epoch
 
 
-def annotate(inp: Path, out: Path, *extra: str) -> dict:
-    wall = _run([PY, "-m", "facebatch.cli", "annotate", "--input", str(inp), "--output", str(out), *extra])
+def annotate(inp: Path, out: Path, *extra: str, entry: str = "cli") -> dict:
+    load = _load()
+    wall, epoch = _run([*ENTRIES[entry], "--input", str(inp), "--output", str(out), *extra])
     s = json.loads(Path(sorted(glob.glob(f"{out}/dt=*/run=*/_summary.json"))[-1]).read_text())
-    return {"wall_s": round(wall, 1), "processed": s["processed"], "rows": s["rows"],
+    tl = dict(s.get("timeline_s") or {})
+    if s.get("run_start_epoch"):
+        # from the process's launch: Python start + imports, then the run's own marks, then the exit
+        tl = {"run_start": round(s["run_start_epoch"] - epoch, 2),
+              **{k: round(v + s["run_start_epoch"] - epoch, 2) for k, v in tl.items()}, "exit": round(wall, 2)}
+    return {"entry": entry, "wall_s": round(wall, 1), "processed": s["processed"], "rows": s["rows"],
             "images_per_s_wall": round(s["processed"] / wall, 1), "images_per_s": s["images_per_s"],
-            "steady_images_per_s": s["steady_images_per_s"], "startup_s": s["startup_s"],
-            "actor_init_s": s["actor_init_s"], "stage_s": s["stage_s"], "redecoded": s["redecoded_for_crops"]}
+            "steady_images_per_s": s["steady_images_per_s"], "startup_s": s["startup_s"], "timeline_s": tl,
+            "actor_init_s": s["actor_init_s"], "stage_s": s["stage_s"], "step_s": s.get("step_s", {}),
+            "redecoded": s["redecoded_for_crops"], "actors": s.get("actors"), "load_before": load, "load_after": _load()}
 
 
 def preprocess(inp: Path, out: Path) -> dict:
@@ -102,94 +123,160 @@ def make_big(dst: Path, sources: list[Path], n: int) -> list[Path]:
 
 
 def decode_times(files: list[Path]) -> dict:
+    """CPU milliseconds per image of the job's decode, full size and at the draft scale."""
     from facebatch.annotate.decode import decode_scaled
+    datas = [f.read_bytes() for f in files]
     res = {}
     for mode, side in (("full", None), ("draft", 640)):
-        t = time.perf_counter()
-        for f in files:
-            decode_scaled(f.read_bytes(), max_side=side)
-        res[f"{mode}_ms"] = round((time.perf_counter() - t) / len(files) * 1000, 1)
+        t = time.process_time()
+        for d in datas:
+            decode_scaled(d, max_side=side)
+        res[f"{mode}_ms"] = round((time.process_time() - t) / len(files) * 1000, 1)
     return res
 
 
-def import_time() -> float:
-    t = time.perf_counter()
-    subprocess.run([PY, "-c", "import ray, ray.data, torch, facebatch.annotate.pipeline, facebatch.inference"],
-                   env=_env(), check=True)
-    return round(time.perf_counter() - t, 2)
+# start-up pieces: (label, from mark, to mark) on the timeline from the process's launch
+PIECES = [
+    ("Python start + imports (driver)", None, "run_start"),
+    ("listing + lock + diff", "run_start", "diffed"),
+    ("Ray start (`ray.init`, local)", "diffed", "ray_started"),
+    ("Ray Data start -> first actor constructor", "ray_started", "first_actor_enter"),
+    ("actor imports (torch, onnxruntime, facebatch.inference)", "first_actor_enter", "first_actor_imported"),
+    ("actor model load (3 models, onnxruntime sessions)", "first_actor_imported", "first_actor_ready"),
+    ("first actor ready -> last shard written", "first_actor_ready", "last_shard_end"),
+    ("check, summary, manifest, Ray shutdown, exit", "last_shard_end", "exit"),
+]
+
+STEPS = ["read", "unpickle", "decode", "sha256", "detect", "redecode", "analyze", "rows", "write", "actor_other"]
+
+
+def pieces(tl: dict) -> dict:
+    out = {}
+    for label, a, b in PIECES:
+        if b in tl and (a is None or a in tl):
+            out[label] = round(tl[b] - (tl[a] if a else 0.0), 2)
+    return out
+
+
+def _median(runs: list[dict], key) -> float | None:
+    vals = [key(r) for r in runs]
+    vals = [v for v in vals if v is not None]
+    return round(statistics.median(vals), 2) if vals else None
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", default="small,udacity,big", help="comma list of: small, udacity, big")
     ap.add_argument("--udacity", type=int, default=None, help="images of udacity68/training (default all)")
-    ap.add_argument("--big", type=int, default=100, help="synthetic 12 MP JPEGs")
+    ap.add_argument("--big", type=int, default=300, help="synthetic 12 MP JPEGs")
+    ap.add_argument("--repeat", type=int, default=3, help="100-image runs per entrypoint (the median is reported)")
     ap.add_argument("--cache", default=str(REPO / "out" / "bench_big"), help="where the synthetic JPEGs are kept")
     ap.add_argument("--no-write", action="store_true", help="print, do not update docs/BENCHMARKS.md")
     ap.add_argument("--note", default="", help="a line added to the doc section (e.g. machine load)")
     a = ap.parse_args()
+    only = set(a.only.split(","))
     files = sorted((data_dir() / "udacity68" / "training").glob("*.jpg"))
     uda = files if a.udacity is None else files[:: max(1, len(files) // a.udacity)][: a.udacity]
-    load0 = os.getloadavg()
     res: dict = {"machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-                 "date": dt.date.today().isoformat(), "load_before": [round(v, 1) for v in load0]}
+                 "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "load_before": _load()}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        res["import_s"] = import_time()
-        small = link_folder(tmp / "small", files[:100])
-        res["small100"] = annotate(small, tmp / "o_small")
-        inp = link_folder(tmp / "uda", uda)
-        res["udacity"] = {"images": len(uda), "annotate": annotate(inp, tmp / "o_uda"),
-                          "preprocess": preprocess(inp, tmp / "o_pre")}
-        if a.big:
+        res["warmup"] = annotate(link_folder(tmp / "warm", files[:4]), tmp / "o_warm", entry="job")
+        if "small" in only:
+            small = link_folder(tmp / "small", files[:100])
+            runs: dict = {"job": [], "cli": []}
+            for k in range(a.repeat):
+                for entry in ("job", "cli"):
+                    runs[entry].append(annotate(small, tmp / f"o_small_{entry}_{k}", entry=entry))
+            res["small100"] = runs
+        if "udacity" in only:
+            inp = link_folder(tmp / "uda", uda)
+            res["udacity"] = {"images": len(uda), "annotate": annotate(inp, tmp / "o_uda"),
+                              "preprocess": preprocess(inp, tmp / "o_pre")}
+        if "big" in only and a.big:
             big = make_big(Path(a.cache), files[::37], a.big)
             bin_ = link_folder(tmp / "big", big)
             res["big"] = {"images": len(big), "decode": decode_times(big[:20]),
-                          "draft": annotate(bin_, tmp / "o_draft", "--shard-size", "8"),
-                          "full": annotate(bin_, tmp / "o_full", "--decode", "full", "--shard-size", "8")}
-    res["load_after"] = [round(v, 1) for v in os.getloadavg()]
+                          "draft": annotate(bin_, tmp / "o_draft", "--shard-size", "8", entry="job"),
+                          "full": annotate(bin_, tmp / "o_full", "--decode", "full", "--shard-size", "8", entry="job")}
+    res["load_after"] = _load()
     print(json.dumps(res, indent=2))
     if not a.no_write:
         write_doc(res, a.note)
 
 
-def write_doc(r: dict, note: str) -> None:
-    u, s = r["udacity"], r["small100"]
-    lines = [f"## Annotate, {r['date']}, {r['machine']}", "",
-             f"`python bench/annotate_bench.py` (detector mobilenet + keypoints68 + attributes, all faces, 2 analyzer "
-             f"actors on the embedded local Ray; each run a fresh process timed around the whole command). "
-             f"Load average before {r['load_before']}, after {r['load_after']}." + (f" {note}" if note else ""), "",
-             "| check | result | target |", "|---|---|---|",
-             f"| udacity68 {u['images']} images, annotate wall (incl. Ray start) | {u['annotate']['wall_s']} s "
-             f"({u['annotate']['images_per_s_wall']} images/s) | <= 90 s for 3,462 |",
-             f"| udacity68 steady rate (between first and last shard) | {u['annotate']['steady_images_per_s']} images/s | >= 60 |",
-             f"| `facebatch preprocess`, same input, same run | {u['preprocess']['wall_s']} s wall "
-             f"({u['preprocess']['images_per_s_wall']} images/s, steady {u['preprocess']['steady_images_per_s']}) | - |",
-             f"| 100-image annotate run, wall | {s['wall_s']} s | <= 15 s |"]
+START, END = "<!-- annotate-bench:start -->", "<!-- annotate-bench:end -->"
+
+
+def doc_block(r: dict, note: str) -> list[str]:
+    lines = [f"Run {r['date']}, {r['machine']}; load average before {r['load_before']}, after {r['load_after']}."
+             + (f" {note}" if note else ""), "",
+             "| check | result | load avg (1/5/15 min) before the run | target |", "|---|---|---|---|"]
+    if "small100" in r:
+        for entry, cmd in (("job", "`python jobs/annotate.py`"), ("cli", "`facebatch annotate` (`python -m facebatch.cli annotate`)")):
+            runs = r["small100"][entry]
+            walls = ", ".join(str(x["wall_s"]) for x in runs)
+            lines.append(f"| 100-image annotate run, {cmd}, wall (median of {len(runs)}) | "
+                         f"{_median(runs, lambda x: x['wall_s'])} s ({walls}) | "
+                         f"{'; '.join(str(x['load_before']) for x in runs)} | <= 15 s |")
+    if "udacity" in r:
+        u = r["udacity"]
+        lines += [f"| udacity68 {u['images']} images, annotate wall (incl. Ray start) | {u['annotate']['wall_s']} s "
+                  f"({u['annotate']['images_per_s_wall']} images/s) | {u['annotate']['load_before']} | <= 90 s for 3,462 |",
+                  f"| udacity68 steady rate (between first and last shard) | {u['annotate']['steady_images_per_s']} images/s "
+                  f"| | >= 60 |",
+                  f"| `facebatch preprocess`, same input, same run | {u['preprocess']['wall_s']} s wall "
+                  f"({u['preprocess']['images_per_s_wall']} images/s, steady {u['preprocess']['steady_images_per_s']}) | | - |"]
     if "big" in r:
         b = r["big"]
         sp = round(b["full"]["wall_s"] / b["draft"]["wall_s"], 2)
-        work = {k: round(sum(b[k]["stage_s"][x] for x in ("read_s", "decode_s", "detect_s", "analyze_s")), 1)
-                for k in ("draft", "full")}
-        lines += [f"| {b['images']} x 12 MP JPEG, annotate `--decode draft` vs `full` | {b['draft']['wall_s']} s vs "
-                  f"{b['full']['wall_s']} s: {sp}x (re-decoded for crops: {b['draft']['redecoded']}) | >= 3x |",
-                  f"| the same, worker seconds (read + decode + detect + analyze, summed) | {work['draft']} s vs "
-                  f"{work['full']} s: {round(work['full'] / max(work['draft'], 1e-9), 2)}x | >= 3x |",
-                  f"| 12 MP decode alone, one image | full {b['decode']['full_ms']} ms, draft {b['decode']['draft_ms']} ms | - |"]
-    st = s["startup_s"]
-    lines += ["", "Where the 100-image run's time goes (seconds from the command's start, from `_summary.json`): "
-              f"imports of ray + torch + facebatch alone {r['import_s']} s (separate process); listing {st.get('list_s')}; "
-              f"Ray start {st.get('ray_init_s')}; first shard finished {st.get('first_shard_s')} after Ray start "
-              f"(actor construction inside: {s['actor_init_s']} s per actor); stage seconds summed over actors: "
-              f"{json.dumps(s['stage_s'])}.", ""]
+        cpu = {k: sum(v for n, v in b[k]["step_s"]["cpu"].items() if n in STEPS) for k in ("draft", "full")}
+        lines += [f"| {b['images']} x 12 MP JPEG, annotate `--decode draft` vs `full`, wall | {b['draft']['wall_s']} s vs "
+                  f"{b['full']['wall_s']} s: **{sp}x** (decoded again for crops: {b['draft']['redecoded']}) | "
+                  f"{b['draft']['load_before']}; {b['full']['load_before']} | >= 3x |",
+                  f"| the same, worker CPU seconds (read task + actor, every step; start-up not included) | "
+                  f"{cpu['draft']:.1f} s vs {cpu['full']:.1f} s: **{cpu['full'] / max(cpu['draft'], 1e-9):.2f}x** | | >= 3x |",
+                  f"| 12 MP decode alone, CPU per image | full {b['decode']['full_ms']} ms, draft {b['decode']['draft_ms']} ms | | - |"]
+    if "small100" in r:
+        runs = r["small100"]["job"] + r["small100"]["cli"]
+        lines += ["", "Where the 100-image run's time goes (seconds, median over the runs of each entrypoint; from "
+                  "the process's launch to the marks in `_summary.json` `timeline_s`):", "",
+                  "| piece | `jobs/annotate.py` | `facebatch annotate` |", "|---|---|---|"]
+        for label, _, _ in PIECES:
+            j = _median(r["small100"]["job"], lambda x: pieces(x["timeline_s"]).get(label))
+            c = _median(r["small100"]["cli"], lambda x: pieces(x["timeline_s"]).get(label))
+            lines.append(f"| {label} | {j} | {c} |")
+        lines.append(f"| **total (wall)** | {_median(r['small100']['job'], lambda x: x['wall_s'])} | "
+                     f"{_median(r['small100']['cli'], lambda x: x['wall_s'])} |")
+        del runs
+    if "big" in r:
+        b = r["big"]
+        n = b["images"]
+        lines += ["", f"Worker CPU per 12 MP image, ms ({n} images, `_summary.json` `step_s.cpu`; `read` in the read "
+                  "tasks, the rest in the analyzer actors; `actor_other` is actor CPU outside the steps: Ray fetching "
+                  "blocks and returning results):", "", "| step | draft | full |", "|---|---|---|"]
+        for step in STEPS:
+            d = b["draft"]["step_s"]["cpu"].get(step, 0.0)
+            f = b["full"]["step_s"]["cpu"].get(step, 0.0)
+            lines.append(f"| {step} | {d / n * 1000:.1f} | {f / n * 1000:.1f} |")
+        cd = sum(b["draft"]["step_s"]["cpu"].get(x, 0.0) for x in STEPS)
+        cf = sum(b["full"]["step_s"]["cpu"].get(x, 0.0) for x in STEPS)
+        lines.append(f"| **total** | **{cd / n * 1000:.1f}** | **{cf / n * 1000:.1f}** |")
+        lines.append(f"| actor start-up, CPU s per actor (not per image) | "
+                     f"{b['draft']['step_s']['cpu'].get('actor_startup', 0) / max(1, b['draft']['actors']):.1f} | "
+                     f"{b['full']['step_s']['cpu'].get('actor_startup', 0) / max(1, b['full']['actors']):.1f} |")
+    return lines
+
+
+def write_doc(r: dict, note: str) -> None:
+    """Replace the block between the annotate-bench markers in docs/BENCHMARKS.md (nothing else)."""
     doc = REPO / "docs" / "BENCHMARKS.md"
     text = doc.read_text()
-    head = text.split("\n## Annotate", 1)[0].rstrip("\n")
-    rest = ""
-    if "\n## Annotate" in text:
-        after = text.split("\n## Annotate", 1)[1]
-        nxt = after.find("\n## ")
-        rest = after[nxt:] if nxt >= 0 else ""
-    doc.write_text(head + "\n\n" + "\n".join(lines) + rest.rstrip("\n") + "\n")
+    if START not in text or END not in text:
+        raise SystemExit(f"docs/BENCHMARKS.md has no {START} ... {END} block to replace")
+    before, rest = text.split(START, 1)
+    after = rest.split(END, 1)[1]
+    doc.write_text(before + START + "\n" + "\n".join(doc_block(r, note)) + "\n" + END + after)
 
 
 if __name__ == "__main__":

@@ -51,7 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per analyzer actor (0 = CPU)")
     r.add_argument("--max-failure-rate", type=float, default=d.max_failure_rate,
                    help="exit with status 3 when more than this share of processed inputs failed")
-    r.add_argument("--shard-size", type=int, default=d.shard_size, help="inputs per part file")
+    r.add_argument("--shard-size", type=int, default=d.shard_size,
+                   help="inputs per part file at most (fewer on small runs, so that every worker gets an equal share)")
     r.add_argument("--max-pixels", type=int, default=d.max_pixels, help="larger images get status too_large")
     r.add_argument("--decode", choices=DECODE_MODES, default=d.decode,
                    help="draft: decode JPEGs at the smallest scale detection needs; full: always full size")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import os
 import pickle
 import sys
 import time
@@ -24,7 +25,7 @@ from .. import schema as S
 from ..preprocess.shards import RetryPolicy, call_with_retries, check_output_paths
 from ..storage import check_writable, filesystem, join, storage_options
 from . import state as ST
-from .config import AnnotateConfig, plan_workers
+from .config import AnnotateConfig, plan_workers, shard_size_for
 from ..imaging import sha256_bytes
 from .decode import crop_scale, decode_scaled
 from .lock import RunLock
@@ -120,14 +121,20 @@ class AnnotateWorker:
         self.crop_needs = crop_needs(self.fa, self.cfg.crops)
         self.init_s = time.perf_counter() - t0
         self.marks["actor_ready"] = time.time()
+        # CPU seconds of this actor's process: since it started (Ray worker start-up, imports,
+        # model load), and, per shard, in total (what Ray's own work adds shows against the steps)
+        self.pid, self.cpu_ready = os.getpid(), time.process_time()
 
     def __call__(self, batch: dict) -> dict:
         n = len(batch["shard_id"])
         rb, re_ = batch.get("read_begin", [None] * n), batch.get("read_end", [None] * n)
+        rc = batch.get("read_cpu_s", [0.0] * n)
         stats = []
-        for sid, payload, rs, b, e in zip(batch["shard_id"], batch["payload"], batch["read_s"], rb, re_):
+        for sid, payload, rs, b, e, c in zip(batch["shard_id"], batch["payload"], batch["read_s"], rb, re_, rc):
             st = self.process(int(sid), payload, float(rs))
             st["marks"].update({"read_begin": None if b is None else float(b), "read_end": None if e is None else float(e)})
+            st["read_cpu_s"] = float(c or 0.0)
+            st["cpu_by_step_s"]["read"] = round(float(c or 0.0), 4)  # in the read task's process
             stats.append(st)
         return {"stats": [json.dumps(s, default=str) for s in stats]}
 
@@ -217,6 +224,8 @@ class AnnotateWorker:
                 "analyze_s": w["analyze"], "rows_s": w["rows"], "write_s": w["write"], "actor_init_s": self.init_s,
                 "wall_by_step_s": clock.rounded(clock.wall), "cpu_by_step_s": clock.rounded(clock.cpu),
                 "marks": {**self.marks, "shard_begin": t_begin, "shard_end": time.time()},
+                "actor": {"pid": self.pid, "cpu_ready_s": round(self.cpu_ready, 3),
+                          "cpu_now_s": round(time.process_time(), 3)},
                 "models": self.describe, "attributes": self.attrs}
 
     def _decode_first(self, data: bytes):
@@ -336,12 +345,13 @@ def run_annotate(cfg: AnnotateConfig, address: str | None = None) -> dict:
         info: dict = {}
         t_ray = time.perf_counter()
         if todo.num_rows:
-            shards = ST.plan_todo(todo, cfg.shard_size)  # pickled shards: no per-key objects kept
             from ..raycluster import init_ray
             info = init_ray(address)
             timing["ray_init_s"] = time.perf_counter() - t_ray
             marks["ray_started"] = time.time()
             n, cpw, threads = plan_workers(cfg, info["resources"].get("CPU", 1), info["resources"].get("GPU", 0))
+            # pickled shards (no per-key objects kept), as many per actor on a small run
+            shards = ST.plan_todo(todo, shard_size_for(todo.num_rows, cfg.shard_size, n))
             prov = {**provenance(), "version": __version__}
             try:
                 _run_pipeline(cfg, shards, min(n, len(shards)), cpw, threads, run_id, uri_folder, options, prov,
@@ -457,9 +467,19 @@ def _summary(cfg, run_id, folder, listing, d, results, finished, skipped, recove
     stage = {k: round(sum(st[k] for st in results.values()), 2)
              for k in ("read_s", "decode_s", "detect_s", "analyze_s", "rows_s", "write_s")}
     steps = {"wall": Counter(), "cpu": Counter()}
+    actors: dict = {}
     for st in results.values():
         steps["wall"].update(st.get("wall_by_step_s") or {})
         steps["cpu"].update(st.get("cpu_by_step_s") or {})
+        a = st.get("actor")
+        if a:
+            got = actors.setdefault(a["pid"], {"ready": a["cpu_ready_s"], "last": 0.0, "steps": 0.0})
+            got["last"] = max(got["last"], a["cpu_now_s"])
+            got["steps"] += sum(v for k, v in (st.get("cpu_by_step_s") or {}).items() if k != "read")
+    if actors:
+        # actor CPU outside the steps: Ray's own work in the actor (fetching blocks, serialising results)
+        steps["cpu"]["actor_other"] = sum(max(0.0, a["last"] - a["ready"] - a["steps"]) for a in actors.values())
+        steps["cpu"]["actor_startup"] = sum(a["ready"] for a in actors.values())
     first = next(iter(results.values()), {})
     return {
         "run_id": run_id, "run_folder": folder, "input": cfg.input, "output": cfg.output,
@@ -476,6 +496,7 @@ def _summary(cfg, run_id, folder, listing, d, results, finished, skipped, recove
         "run_start_epoch": marks.get("run_start") if marks else None,
         "actor_init_s": round(max((st.get("actor_init_s", 0) for st in results.values()), default=0), 2),
         "stage_s": stage, "step_s": {k: {n: round(v, 2) for n, v in c.items()} for k, c in steps.items()},
+        "actors": len(actors),
         "skipped": skipped, "recovered": recovered,
         "models": first.get("models"), "attributes": first.get("attributes"),
         "config": cfg.to_dict(), "ray": info,
