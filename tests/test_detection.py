@@ -152,3 +152,20 @@ def test_pack_by_padded_shape_groups_only_identical_padded_inputs():
     for g in groups:
         assert len(g) <= 2 and len({pad(shapes[i]) for i in g}) == 1
     assert groups == [[0, 1], [2, 4], [3]]  # 100, 120, 127 and 128 all pad to 128; 129 pads to 160
+
+
+def test_small_images_are_upscaled_for_detection(mobilenet_detector, udacity_root):
+    """A real face shrunk to a 44 px wide image (about 15 px face): upscaled to min_side it is
+    found, where the network at native size misses it; the box maps back to the small image."""
+    from PIL import Image
+    from facebatch.detection import create_detector
+    img = Image.open(udacity_root / "training" / "Cameron_Diaz_50.jpg").convert("RGB")
+    small = np.asarray(img.resize((max(1, img.width // 4), max(1, img.height // 4)), Image.BILINEAR))
+    wd = str(mobilenet_detector.backend.weights_path.parent)
+    assert create_detector("mobilenet", min_side=256, weights_dir=wd).scale_for(*small.shape[:2]) == 256 / max(small.shape[:2])
+    assert create_detector("mobilenet", min_side=256, max_side=200, weights_dir=wd).scale_for(100, 50) == 2.0  # capped
+    up = create_detector("mobilenet", min_side=256, weights_dir=wd).detect([small])[0]
+    native = create_detector("mobilenet", min_side=0, weights_dir=wd).detect([small])[0]
+    assert len(up) >= 1 and len(native) == 0, (len(up), len(native), small.shape)
+    x0, y0, x1, y1 = up[0].box
+    assert 0 <= x0 < x1 <= small.shape[1] + 2 and 0 <= y0 < y1 <= small.shape[0] + 2

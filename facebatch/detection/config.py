@@ -50,6 +50,10 @@ class DetectorConfig:
         score_threshold: minimum face probability kept.
         nms_iou: IoU above which the lower-scoring of two boxes is dropped.
         max_side: images whose longer side exceeds this are downscaled for detection.
+        min_side: images whose longer side is below this are upscaled to it for detection
+            (RetinaFace misses faces under about 20 px; 0 = never upscale; capped at max_side). On the udacity68 val
+            people at half size (images 44-186 px wide) 256 took detection recall from 0.985 to 1
+            and keypoint NME from 0.060 to 0.047; at full size NME moved 0.0452 -> 0.0455.
         device: torch device, e.g. ``cpu`` or ``cuda``.
         weights_dir: extra directory searched first for weights files.
         batch_size: images per forward pass (sub-batches are formed by size).
@@ -61,6 +65,7 @@ class DetectorConfig:
     score_threshold: float = 0.5
     nms_iou: float = 0.4
     max_side: int = 640
+    min_side: int = 256
     device: str = "cpu"
     weights_dir: str | None = None
     batch_size: int = 16
@@ -74,6 +79,8 @@ class DetectorConfig:
             raise ValueError(f"nms_iou must be in (0, 1], got {self.nms_iou}")
         if self.max_side < 32:
             raise ValueError(f"max_side must be at least 32 pixels, got {self.max_side}")
+        if self.min_side < 0:
+            raise ValueError(f"min_side must be at least 0 (0 = never upscale), got {self.min_side}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         return self

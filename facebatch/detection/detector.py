@@ -109,7 +109,12 @@ class BatchDetector:
 
     def scale_for(self, h: int, w: int) -> float:
         longest = max(h, w)
-        return min(1.0, self.config.max_side / longest) if longest > 0 else 1.0
+        if longest <= 0:
+            return 1.0
+        floor = min(self.config.min_side, self.config.max_side)
+        if longest < floor:
+            return floor / longest
+        return min(1.0, self.config.max_side / longest)
 
     @torch.inference_mode()
     def detect(self, images: Sequence[np.ndarray], exact: bool = False) -> list[list[Face]]:
