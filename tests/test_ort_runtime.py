@@ -104,23 +104,39 @@ def test_falls_back_to_torch_when_onnxruntime_is_missing(monkeypatch, caplog, mo
     assert [[f.box for f in r] for r in got] == [[f.box for f in r] for r in ref]  # it is torch
 
 
-def test_export_is_cached_and_reused(monkeypatch, tmp_path, caplog, mobilenet_weights):
+def test_export_is_cached_reused_and_needs_onnx_only_to_export(monkeypatch, tmp_path, caplog, mobilenet_weights):
+    """One backend, its runtime set up again at each step (as a new process would), in an empty cache."""
     from facebatch.detection.mobilenet_backend import MobileNetBackend
     monkeypatch.setenv("FACEBATCH_CACHE_DIR", str(tmp_path))
-    first = MobileNetBackend(weights_path=str(mobilenet_weights), runtime="onnxruntime")
-    assert first.runtime_info["runtime"] == "onnxruntime"
-    files = list((tmp_path / "onnx").glob("*.onnx"))
-    assert len(files) == 1 and not list((tmp_path / "onnx").glob("*.tmp"))
-    st = files[0].stat()
-    second = MobileNetBackend(weights_path=str(mobilenet_weights), runtime="onnxruntime")
-    assert second.runtime_info["runtime"] == "onnxruntime"
-    assert second._runner.cached and not first._runner.cached
-    assert list((tmp_path / "onnx").glob("*.onnx")) == files and files[0].stat().st_ino == st.st_ino
+    cache = tmp_path / "onnx"
+    caplog.set_level(logging.WARNING, logger="facebatch.ort")
+    be = MobileNetBackend(weights_path=str(mobilenet_weights), runtime="torch")
+
+    def setup() -> dict:
+        caplog.clear()
+        be.set_runtime("onnxruntime")
+        return be.runtime_info
+
+    # exporting needs the onnx package: without it, torch and a warning, and nothing remembered
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    assert setup()["runtime"] == "torch"
+    assert any("onnx package is not installed" in r.getMessage() for r in caplog.records)
+    assert not cache.exists() or not list(cache.iterdir())
+    monkeypatch.delitem(sys.modules, "onnx")
+    # exported once, written atomically (no temporary file left), then reused
+    assert setup()["runtime"] == "onnxruntime" and not be._runner.cached
+    files = list(cache.glob("*.onnx"))
+    assert len(files) == 1 and not list(cache.glob("*.tmp"))
+    inode = files[0].stat().st_ino
+    assert setup()["runtime"] == "onnxruntime" and be._runner.cached
+    assert list(cache.glob("*.onnx")) == files and files[0].stat().st_ino == inode
+    # running a cached export does not need the onnx package
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    assert setup()["runtime"] == "onnxruntime" and be._runner.cached
+    monkeypatch.delitem(sys.modules, "onnx")
     # a damaged cache file is exported again, with a warning, not a failure
     files[0].write_bytes(b"not an onnx file")
-    with caplog.at_level(logging.WARNING, logger="facebatch.ort"):
-        third = MobileNetBackend(weights_path=str(mobilenet_weights), runtime="onnxruntime")
-        assert third.runtime_info["runtime"] == "onnxruntime" and not third._runner.cached
+    assert setup()["runtime"] == "onnxruntime" and not be._runner.cached
     assert any("unusable" in r.getMessage() for r in caplog.records)
     assert files[0].stat().st_size > 1_000_000
 
@@ -156,21 +172,3 @@ def test_nested_ensemble_is_split_down_to_its_members(analyzers, photos):
     x = model_input([face_crop(p, fs[0].box, k_ort.input.frame)[1] for p, fs in zip(photos, faces) if fs],
                     k_ort.input)
     assert float(np.abs(k_ort.predict(x) - k_torch.predict(x)).max()) <= TOL
-
-
-def test_without_the_onnx_package_a_cached_export_still_runs(monkeypatch, tmp_path, caplog, mobilenet_weights):
-    """Exporting needs the onnx package, running a cached export does not; neither fails the load."""
-    from facebatch.detection.mobilenet_backend import MobileNetBackend
-    monkeypatch.setenv("FACEBATCH_CACHE_DIR", str(tmp_path))
-    monkeypatch.setitem(sys.modules, "onnx", None)
-    with caplog.at_level(logging.WARNING, logger="facebatch.ort"):
-        be = MobileNetBackend(weights_path=str(mobilenet_weights), runtime="onnxruntime")
-        assert be.runtime_info["runtime"] == "torch"
-    assert any("onnx package is not installed" in r.getMessage() for r in caplog.records)
-    assert not list(tmp_path.rglob("*.noexport"))  # not remembered as a model that cannot export
-    monkeypatch.delitem(sys.modules, "onnx")
-    assert MobileNetBackend(weights_path=str(mobilenet_weights), runtime="onnxruntime").runtime_info["runtime"] \
-        == "onnxruntime"
-    monkeypatch.setitem(sys.modules, "onnx", None)
-    be = MobileNetBackend(weights_path=str(mobilenet_weights), runtime="onnxruntime")
-    assert be.runtime_info["runtime"] == "onnxruntime" and be._runner.cached
