@@ -76,6 +76,18 @@ def _scale_list(v, k: float):
     return None if v is None else [float(x) * k for x in v]
 
 
+def _process_start() -> float | None:
+    """When this process started (epoch seconds; Linux ``/proc``), else ``None``."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            boot = time.time() - float(f.read().split()[0])
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except Exception:
+        return None
+
+
 def crop_needs(fa, crops: bool) -> list[tuple[int, float]]:
     """``(pixels, margin)`` that a face's crop square must span in the image it is cut from, one
     per consumer: each model head needs its input side (capped at its crop frame's size: the crop
@@ -98,7 +110,7 @@ class AnnotateWorker:
 
     def __init__(self, cfg: dict, threads: int, run_id: str, folder: str, options: dict, provenance: dict) -> None:
         # wall-clock marks (epoch seconds) of the actor's start-up, for the run's timeline
-        self.marks = {"actor_enter": time.time()}
+        self.marks = {"actor_process_start": _process_start(), "actor_enter": time.time()}
         import torch
         from ..detection import DetectorConfig
         from ..inference import FaceAnalyzer
