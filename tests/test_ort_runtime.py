@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import torch
 
+from facebatch.models.files import release_models
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TOL = 1e-3
@@ -50,21 +52,37 @@ def test_detector_network_matches_torch_on_real_photos(analyzers, photos):
         assert float((g - r).abs().max()) <= TOL, name
 
 
-def test_keypoints_match_torch_on_real_crops(analyzers, photos):
-    from facebatch.inference import face_crop
-    from facebatch.inference.inputs import model_input
-    k_ort, k_torch = analyzers["onnxruntime"].keypoints, analyzers["torch"].keypoints
-    info = k_ort.describe()["runtime"]
-    assert info["runtime"] == "onnxruntime"
-    if k_ort.info["model"] == "resolution_ensemble":  # antialiased resize stays in torch, members in ORT
-        assert info["onnx_parts"] == [f"members.{i}" for i in range(len(k_ort.model.members))]
-    assert k_torch.describe()["runtime"]["runtime"] == "torch"
+def _expected_parts(model) -> list[str]:
+    """What onnxruntime should run: the whole network, or, where it holds a resolution ensemble
+    (whose antialiased resize has no ONNX form), each of the ensemble's members."""
+    from facebatch.keypoints.models import ResolutionEnsemble
+    ens = [(n, m) for n, m in model.named_modules() if isinstance(m, ResolutionEnsemble)]
+    if not ens:
+        return ["(whole model)"]
+    return [f"{n + '.' if n else ''}members.{i}" for n, m in ens for i in range(len(m.members))]
+
+
+@pytest.fixture(scope="module")
+def real_faces(analyzers, photos):
     faces = analyzers["torch"].detect(photos)
-    crops = [face_crop(p, f.box, k_ort.input.frame)[1] for p, fs in zip(photos, faces) for f in fs]
-    assert len(crops) >= 8
-    x = model_input(crops, k_ort.input)
+    return [(p, f) for p, fs in zip(photos, faces) for f in fs]
+
+
+@pytest.mark.parametrize("name", [n for n in release_models() if n.startswith("keypoints")])
+def test_shipped_keypoint_models_match_torch_on_real_crops(name, real_faces):
+    """Single networks export whole; an ensemble (keypoints15 wraps one, two levels down) runs
+    its members in onnxruntime and its resize, averaging and mapping in torch."""
+    from facebatch.inference import KeypointHead, face_crop
+    from facebatch.inference.inputs import model_input
+    k_ort, k_torch = (KeypointHead.load(name, runtime=rt) for rt in ("onnxruntime", "torch"))
+    info = k_ort.describe()["runtime"]
+    assert info["runtime"] == "onnxruntime", info
+    assert info["onnx_parts"] == _expected_parts(k_ort.model)
+    assert k_torch.describe()["runtime"]["runtime"] == "torch"
+    x = model_input([face_crop(p, f.box, k_ort.input.frame)[1] for p, f in real_faces], k_ort.input)
+    assert len(x) >= 10
     got, ref = k_ort.predict(x), k_torch.predict(x)  # unit crop coordinates, flip test included
-    assert got.shape == ref.shape == (len(crops), 68, 2)
+    assert got.shape == ref.shape and got.shape[0] == len(x)
     assert float(np.abs(got - ref).max()) <= TOL
 
 
@@ -157,18 +175,3 @@ def test_runtime_choice(monkeypatch, caplog, mobilenet_weights):
     monkeypatch.delenv("FACEBATCH_CPU_RUNTIME")
     be.set_runtime(None)  # auto on CPU: onnxruntime
     assert be.runtime_info["runtime"] == "onnxruntime"
-
-
-def test_nested_ensemble_is_split_down_to_its_members(analyzers, photos):
-    """keypoints15 wraps the 68-point ensemble (kaggle15_from_ibug68): neither it nor the ensemble
-    exports whole; the members two levels down run in onnxruntime, the resize and mapping in torch."""
-    from facebatch.inference import KeypointHead, face_crop
-    from facebatch.inference.inputs import model_input
-    k_ort, k_torch = (KeypointHead.load("keypoints15", runtime=rt) for rt in ("onnxruntime", "torch"))
-    info = k_ort.describe()["runtime"]
-    assert info["runtime"] == "onnxruntime", info
-    assert info["onnx_parts"] and all(p.startswith("base.members.") for p in info["onnx_parts"]), info
-    faces = analyzers["torch"].detect(photos[:4])
-    x = model_input([face_crop(p, fs[0].box, k_ort.input.frame)[1] for p, fs in zip(photos, faces) if fs],
-                    k_ort.input)
-    assert float(np.abs(k_ort.predict(x) - k_torch.predict(x)).max()) <= TOL
