@@ -155,17 +155,24 @@ def test_pack_by_padded_shape_groups_only_identical_padded_inputs():
 
 
 def test_small_images_are_upscaled_for_detection(mobilenet_detector, udacity_root):
-    """A real face shrunk to a 44 px wide image (about 15 px face): upscaled to min_side it is
-    found, where the network at native size misses it; the box maps back to the small image."""
+    """A real face shrunk to a 44 px wide image (about 15 px face): the network at native size
+    misses it; an upscaled look (always, or as a retry where nothing was found) finds it and the
+    box maps back to the small image. A face found at native size keeps its box with retry."""
     from PIL import Image
     from facebatch.detection import create_detector
     img = Image.open(udacity_root / "training" / "Cameron_Diaz_50.jpg").convert("RGB")
     small = np.asarray(img.resize((max(1, img.width // 4), max(1, img.height // 4)), Image.BILINEAR))
     wd = str(mobilenet_detector.backend.weights_path.parent)
-    assert create_detector("mobilenet", min_side=256, weights_dir=wd).scale_for(*small.shape[:2]) == 256 / max(small.shape[:2])
-    assert create_detector("mobilenet", min_side=256, max_side=200, weights_dir=wd).scale_for(100, 50) == 2.0  # capped
-    up = create_detector("mobilenet", min_side=256, weights_dir=wd).detect([small])[0]
-    native = create_detector("mobilenet", min_side=0, weights_dir=wd).detect([small])[0]
-    assert len(up) >= 1 and len(native) == 0, (len(up), len(native), small.shape)
-    x0, y0, x1, y1 = up[0].box
-    assert 0 <= x0 < x1 <= small.shape[1] + 2 and 0 <= y0 < y1 <= small.shape[0] + 2
+    det = {m: create_detector("mobilenet", min_side=256, upscale=m, weights_dir=wd) for m in ("always", "retry", "never")}
+    assert det["always"].scale_for(*small.shape[:2]) == 256 / max(small.shape[:2])
+    assert det["retry"].scale_for(*small.shape[:2]) == 1.0 and det["retry"].scale_for(*small.shape[:2], retry=True) > 1
+    assert create_detector("mobilenet", min_side=256, max_side=200, upscale="always",
+                           weights_dir=wd).scale_for(100, 50) == 2.0  # capped at max_side
+    assert det["never"].detect([small])[0] == []
+    for mode in ("always", "retry"):
+        (face, *_) = det[mode].detect([small])[0]
+        x0, y0, x1, y1 = face.box
+        assert 0 <= x0 < x1 <= small.shape[1] + 2 and 0 <= y0 < y1 <= small.shape[0] + 2, mode
+    full = np.asarray(img)
+    native, retried = det["never"].detect([full])[0], det["retry"].detect([full])[0]
+    assert native and np.allclose(native[0].box, retried[0].box)

@@ -49,7 +49,7 @@ def setup():
     images = _images()
     torch.manual_seed(0)
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    det = create_detector("resnet50", random_weights=True, score_threshold=0.0, max_side=4096, min_side=0,
+    det = create_detector("resnet50", random_weights=True, score_threshold=0.0, max_side=4096, upscale="never",
                           batch_size=8, pre_nms_top_k=100000)
     calls = []
     forward = det.backend.forward

@@ -25,8 +25,12 @@ def add_detector_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-side", type=int, default=d.max_side,
                    help="images with a longer side are downscaled for detection (results map back)")
     g.add_argument("--min-side", type=int, default=d.min_side,
-                   help="images with a shorter longer side are upscaled to it for detection, so small faces in "
-                        "small images are found (0 = never upscale; results map back)")
+                   help="images whose longer side is shorter are upscaled to it for detection, as --upscale says "
+                        "(results map back)")
+    g.add_argument("--upscale", choices=("retry", "always", "never"), default=d.upscale,
+                   help="small images: retry = a second, upscaled look where nothing was found (found faces keep "
+                        "the boxes the models were trained on); always = upscale every small image (better for "
+                        "thumbnails of tiny faces); never")
     g.add_argument("--device", default=d.device, help="torch device for detection: cpu or cuda")
     g.add_argument("--detect-batch-size", type=int, default=d.batch_size, help="images per forward pass")
     g.add_argument("--weights-dir", default=None,
@@ -35,7 +39,7 @@ def add_detector_arguments(p: argparse.ArgumentParser) -> None:
 
 def detector_options(args: argparse.Namespace) -> dict:
     return dict(score_threshold=args.score_threshold, nms_iou=args.nms_iou, max_side=args.max_side,
-                min_side=args.min_side, device=args.device, batch_size=args.detect_batch_size, weights_dir=args.weights_dir)
+                min_side=args.min_side, upscale=args.upscale, device=args.device, batch_size=args.detect_batch_size, weights_dir=args.weights_dir)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

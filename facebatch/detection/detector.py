@@ -107,12 +107,15 @@ class BatchDetector:
                 "weights": str(self.backend.weights_path) if self.backend.weights_path else None,
                 "weights_sha256": self.backend.weights_sha256, "config": self.config.to_dict()}
 
-    def scale_for(self, h: int, w: int) -> float:
+    def scale_for(self, h: int, w: int, retry: bool = False) -> float:
+        """Detection scale of an ``h x w`` image: down to ``max_side``; up to ``min_side`` for a
+        small image always (``upscale="always"``) or, with ``retry``, on the second look at a
+        small image where nothing was found (``upscale="retry"``)."""
         longest = max(h, w)
         if longest <= 0:
             return 1.0
         floor = min(self.config.min_side, self.config.max_side)
-        if longest < floor:
+        if longest < floor and (retry or self.config.upscale == "always"):
             return floor / longest
         return min(1.0, self.config.max_side / longest)
 
@@ -130,14 +133,23 @@ class BatchDetector:
         Returns:
             One list per image of :class:`Face`, highest score first.
         """
-        results: list[list[Face]] = [[] for _ in images]
-        tensors, scales = [], []
         for img in images:
             if img.ndim != 3 or img.shape[2] != 3:
                 raise ValueError(f"expected an RGB image of shape (H, W, 3), got {img.shape}")
-            s = self.scale_for(img.shape[0], img.shape[1])
-            tensors.append(self.backend.to_tensor(img, s))
-            scales.append(s)
+        results = self._detect(images, [self.scale_for(*img.shape[:2]) for img in images], exact)
+        if self.config.upscale == "retry":  # small images with nothing found get a second, upscaled look
+            again = [i for i, (img, r) in enumerate(zip(images, results))
+                     if not r and self.scale_for(*img.shape[:2], retry=True) > 1.0]
+            if again:
+                second = self._detect([images[i] for i in again],
+                                      [self.scale_for(*images[i].shape[:2], retry=True) for i in again], exact)
+                for i, r in zip(again, second):
+                    results[i] = r
+        return results
+
+    def _detect(self, images: Sequence[np.ndarray], scales: list[float], exact: bool) -> list[list[Face]]:
+        results: list[list[Face]] = [[] for _ in images]
+        tensors = [self.backend.to_tensor(img, s) for img, s in zip(images, scales)]
         shapes = [tuple(t.shape[-2:]) for t in tensors]
         m = self.backend.pad_multiple
         groups = pack_by_padded_shape(shapes, m, self.config.batch_size) if exact else \
