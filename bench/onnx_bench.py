@@ -154,13 +154,13 @@ def compare_ensemble(model, x: torch.Tensor, reps: int, tmp: str) -> dict:
     return res
 
 
-def facebatch_paths(photos: list[np.ndarray], reps: int, runs: int, threads: int) -> dict:
+def facebatch_paths(photos: list[np.ndarray], reps: int, runs: int, threads: int, keypoints: str) -> dict:
     """The adopted runtime as facebatch runs it: per-call ms and analyzer images/s, torch vs ORT."""
     from facebatch.inference import FaceAnalyzer, face_crop
     from facebatch.inference.inputs import model_input
     torch.set_num_threads(threads)
-    fas = {rt: FaceAnalyzer.load(runtime=rt) for rt in ("torch", "auto")}
-    out = {"threads": threads, "runtimes": {rt: {k: (fa.describe()[k] or {}).get("runtime") for k in
+    fas = {rt: FaceAnalyzer.load(runtime=rt, keypoints=keypoints) for rt in ("torch", "auto")}
+    out = {"threads": threads, "keypoints_model": fas["auto"].describe()["keypoints"], "runtimes": {rt: {k: (fa.describe()[k] or {}).get("runtime") for k in
                                                  ("detector", "keypoints", "attributes")}
                                             for rt, fa in fas.items()}}
     # per call: one 640x480 photo through the detector network, 8 real crops through keypoints
@@ -221,11 +221,13 @@ def main() -> None:
     ap.add_argument("--photos", type=int, default=100, help="--facebatch: udacity68 photos per analyze run")
     ap.add_argument("--runs", type=int, default=5, help="--facebatch: analyze runs per runtime")
     ap.add_argument("--threads", type=int, default=1, help="--facebatch: torch and onnxruntime threads")
+    ap.add_argument("--keypoints", default="keypoints68", help="--facebatch: the analyzer's keypoint model")
     a = ap.parse_args()
     print(f"load before: {os.getloadavg()}", flush=True)
     if a.facebatch:
         results = {"torch": torch.__version__, "load_before": os.getloadavg(),
-                   **facebatch_paths(_photos(a.photos, step=3462 // a.photos), a.reps, a.runs, a.threads)}
+                   **facebatch_paths(_photos(a.photos, step=3462 // a.photos), a.reps, a.runs, a.threads,
+                                       a.keypoints)}
         results["load_after"] = os.getloadavg()
         print(f"load after: {results['load_after']}", flush=True)
         if a.out:

@@ -79,7 +79,8 @@ def cache_dir() -> Path:
 
 
 class OrtModule(nn.Module):
-    """An onnxruntime session in place of a torch module: tensors in, tensors out (CPU, float32).
+    """An onnxruntime session in place of a torch module: tensors in, tensors out (CPU, float32),
+    as one tensor, a tuple, or a dict with the ``keys`` of the module's dict.
 
     Plain attributes of the module it replaces (``input_size``, ``in_channels``, ...) are copied,
     so a parent that reads them still works. Picklable: the ONNX bytes travel, the session is
@@ -87,9 +88,9 @@ class OrtModule(nn.Module):
     """
 
     def __init__(self, onnx_bytes: bytes, source: nn.Module | None = None, path: Path | None = None,
-                 cached: bool = False) -> None:
+                 cached: bool = False, keys: tuple[str, ...] | None = None) -> None:
         super().__init__()
-        self.onnx_bytes, self.path, self.cached = onnx_bytes, path, cached
+        self.onnx_bytes, self.path, self.cached, self.keys = onnx_bytes, path, cached, keys
         for k, v in (vars(source) if source is not None else {}).items():
             if not k.startswith("_") and k != "training" and isinstance(v, (bool, int, float, str, tuple)):
                 setattr(self, k, v)
@@ -98,6 +99,8 @@ class OrtModule(nn.Module):
     def forward(self, x: torch.Tensor):
         outs = self.session.run(None, {"x": x.detach().to("cpu", torch.float32).contiguous().numpy()})
         outs = [torch.from_numpy(o) for o in outs]
+        if self.keys is not None:
+            return dict(zip(self.keys, outs))
         return outs[0] if len(outs) == 1 else tuple(outs)
 
     def __getstate__(self):
@@ -139,7 +142,7 @@ class _Unsupported(_NoExport):
     """An operator without an ONNX form: the same every time, so remembered in the cache."""
 
 
-def _export(module: nn.Module, example: torch.Tensor, dynamic: tuple[int, ...]) -> bytes:
+def _export(module: nn.Module, example: torch.Tensor, dynamic: tuple[int, ...], keys: tuple[str, ...] | None) -> bytes:
     try:
         import onnx  # noqa: F401  (torch's exporter needs it)
     except Exception as e:
@@ -150,8 +153,8 @@ def _export(module: nn.Module, example: torch.Tensor, dynamic: tuple[int, ...]) 
     try:
         with torch.no_grad(), warnings.catch_warnings(), _quiet_exporter():
             warnings.simplefilter("ignore")
-            torch.onnx.export(module, (example,), f, input_names=["x"], opset_version=OPSET,
-                              dynamic_axes=axes, dynamo=False)
+            torch.onnx.export(module, (example,), f, input_names=["x"], output_names=list(keys or ()) or None,
+                              opset_version=OPSET, dynamic_axes=axes, dynamo=False)
     except Exception as e:  # unsupported operators, untraceable control flow, ...
         unsupported = type(e).__name__ == "UnsupportedOperatorError"
         raise (_Unsupported if unsupported else _NoExport)(
@@ -222,6 +225,10 @@ def onnx_module(module: nn.Module, example: torch.Tensor, dynamic: tuple[int, ..
         import onnxruntime  # noqa: F401
     except Exception as e:
         raise OrtUnavailable(f"onnxruntime is not installed ({type(e).__name__}: {e})") from e
+    x = _check_input(example, check)
+    with torch.inference_mode():
+        ref = module(x)
+    keys = tuple(ref) if isinstance(ref, dict) else None  # a dict comes back as a dict
     path = cache_dir() / f"{_key(module, example, dynamic)}.onnx"
     failed = path.with_suffix(".noexport")  # a known export failure: the parts are tried at once
     if failed.exists():
@@ -229,7 +236,7 @@ def onnx_module(module: nn.Module, example: torch.Tensor, dynamic: tuple[int, ..
         raise _NoExport(failed.read_text(errors="replace").strip() + " (cached)")
     ort_mod = None
     try:
-        ort_mod = OrtModule(path.read_bytes(), module, path, cached=True)
+        ort_mod = OrtModule(path.read_bytes(), module, path, cached=True, keys=keys)
         _touch(path)
     except FileNotFoundError:
         pass
@@ -237,28 +244,39 @@ def onnx_module(module: nn.Module, example: torch.Tensor, dynamic: tuple[int, ..
         log.warning("cached ONNX file %s is unusable (%s); exporting again", path, e)
     if ort_mod is None:
         try:
-            data = _export(module, example, dynamic)
+            data = _export(module, example, dynamic, keys)
         except _Unsupported as e:
             _cache_write(failed, str(e).encode())
             raise
         if not _cache_write(path, data):
             path = None
         try:
-            ort_mod = OrtModule(data, module, path)
+            ort_mod = OrtModule(data, module, path, keys=keys)
         except Exception as e:
             raise _NoExport(f"onnxruntime could not load the export of {type(module).__name__}: "
                             f"{type(e).__name__}: {e}") from e
-    _check(module, ort_mod, example, check)
+    with torch.inference_mode():
+        _compare(module, ref, ort_mod(x))
     return ort_mod
 
 
-def _check(module: nn.Module, ort_mod: nn.Module, example: torch.Tensor, x: torch.Tensor | None = None) -> None:
-    """Same outputs as torch within :data:`TOLERANCE` on ``x``, by default the example's first item
-    mirrored: other values, and a batch size other than the export's (2 or more), so a batch baked
-    into the graph shows."""
-    x = example[:1].flip(-1) if x is None else x
+def _check_input(example: torch.Tensor, check: torch.Tensor | None) -> torch.Tensor:
+    """``check``, by default the example's first item mirrored: other values, and a batch size
+    other than the export's (2 or more), so a batch baked into the graph shows."""
+    return example[:1].flip(-1) if check is None else check
+
+
+def _check(module: nn.Module, ort_mod: nn.Module, example: torch.Tensor, check: torch.Tensor | None = None) -> None:
+    x = _check_input(example, check)
     with torch.inference_mode():
-        ref, got = _as_list(module(x)), _as_list(ort_mod(x))
+        _compare(module, module(x), ort_mod(x))
+
+
+def _compare(module: nn.Module, ref, got) -> None:
+    """Same outputs (structure, shapes, values within :data:`TOLERANCE`) or :class:`_NoExport`."""
+    if isinstance(ref, dict) != isinstance(got, dict) or (isinstance(ref, dict) and list(ref) != list(got)):
+        raise _NoExport(f"onnxruntime outputs of {type(module).__name__} are not structured as torch's")
+    ref, got = _as_list(ref), _as_list(got)
     if len(ref) != len(got) or any(r.shape != g.shape for r, g in zip(ref, got)):
         raise _NoExport(f"onnxruntime outputs of {type(module).__name__} have other shapes than torch's")
     diff = max(float((r.float() - g).abs().max()) if r.numel() else 0.0 for r, g in zip(ref, got))
@@ -282,6 +300,8 @@ def _replaced(module: nn.Module, new: dict[str, nn.Module]) -> nn.Module:
 
 
 def _as_list(y) -> list[torch.Tensor]:
+    if isinstance(y, dict):
+        return list(y.values())
     return list(y) if isinstance(y, (tuple, list)) else [y]
 
 
@@ -295,7 +315,8 @@ def accelerate(model: nn.Module, example: torch.Tensor, runtime: str | None = No
     whose submodules are :class:`OrtModule` s (``onnx_parts`` names them).
 
     Args:
-        model: eval-mode module taking one ``(B, C, H, W)`` tensor.
+        model: eval-mode module taking one ``(B, C, H, W)`` tensor, returning a tensor, a tuple or
+            a dict of tensors.
         example: a batch (2 or more) like the real inputs: exported at, and traced for the parts.
         runtime: ``auto``, ``torch``, ``onnxruntime`` or ``None`` for ``$FACEBATCH_CPU_RUNTIME``.
         device: where the model runs; onnxruntime is used on CPU only.

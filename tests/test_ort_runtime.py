@@ -97,12 +97,15 @@ def test_analyzer_onnxruntime_and_torch_agree_on_real_photos(analyzers, photos):
             assert np.abs(np.subtract(fa_.landmarks, fb.landmarks)).max() <= 1e-2
             assert np.abs(np.subtract(fa_.keypoints68, fb.keypoints68)).max() <= 0.05  # px on a ~250 px crop
             assert fa_.labels == fb.labels
+            assert max(abs(fa_.attributes[k] - fb.attributes[k]) for k in fa_.attributes) <= TOL
+            assert np.abs(np.subtract(fa_.embedding, fb.embedding)).max() <= TOL
     assert n >= 10
     d_ort, d_torch = analyzers["onnxruntime"].describe(), analyzers["torch"].describe()
     assert d_ort["detector"]["runtime"]["runtime"] == "onnxruntime"
     assert d_ort["keypoints"]["runtime"]["runtime"] == "onnxruntime"
     assert d_torch["detector"]["runtime"]["runtime"] == d_torch["keypoints"]["runtime"]["runtime"] == "torch"
-    assert d_ort["attributes"]["runtime"]["runtime"] == "torch"
+    assert d_ort["attributes"]["runtime"]["runtime"] == "onnxruntime"
+    assert d_torch["attributes"]["runtime"]["runtime"] == "torch"
 
 
 def test_falls_back_to_torch_when_onnxruntime_is_missing(monkeypatch, caplog, mobilenet_weights, photos, analyzers):

@@ -101,10 +101,10 @@ class FaceAnalyzer:
             device: torch device for every model (``cpu``, ``cuda``).
             identity_threshold: cosine similarity below which a face is ``unknown`` (default: the
                 gallery's, else the model's, else 0.5).
-            runtime: what runs the detector and keypoint networks: ``auto`` (onnxruntime on CPU,
+            runtime: what runs the detector, keypoint and attribute networks: ``auto`` (onnxruntime on CPU,
                 torch on CUDA), ``torch`` or ``onnxruntime``; ``None``: ``$FACEBATCH_CPU_RUNTIME``,
                 else ``auto``. onnxruntime falls back to torch with a warning if it cannot be used;
-                :meth:`describe` says which ran. The resnet50 detector and attribute models run in torch.
+                :meth:`describe` says which ran. The resnet50 detector runs in torch.
             **detector_options: :class:`~facebatch.detection.DetectorConfig` fields
                 (``score_threshold``, ``max_side``, ``weights_dir``, ...).
         """
@@ -115,7 +115,7 @@ class FaceAnalyzer:
                 det.backend.set_runtime(runtime)
             det.backend.prepare()  # export/check now, not in the first analyze call
         kp = KeypointHead.load(keypoints, device, runtime=runtime) if _wanted(keypoints) else None
-        at = AttributeHead.load(attributes, device) if _wanted(attributes) else None
+        at = AttributeHead.load(attributes, device, runtime=runtime) if _wanted(attributes) else None
         g = None
         if gallery:
             from ..attributes.gallery import Gallery

@@ -6,9 +6,9 @@ A head takes the input batch built by :func:`facebatch.inference.inputs.model_in
 own :class:`~facebatch.inference.inputs.InputSpec`; evaluation, enrollment, threshold fitting
 and the analyzer all call these.
 
-The keypoint networks run in onnxruntime on CPU by default (:mod:`facebatch.ort`: ``runtime=``
-or ``$FACEBATCH_CPU_RUNTIME``); :meth:`_Head.describe` records the runtime that ran. Attribute
-models run in torch.
+The networks' forward passes run in onnxruntime on CPU by default (:mod:`facebatch.ort`:
+``runtime=`` or ``$FACEBATCH_CPU_RUNTIME``; torch on CUDA, and for the autoencoder's scores and
+the seed models' ``embed``); :meth:`_Head.describe` records the runtime that ran.
 """
 from __future__ import annotations
 
@@ -49,6 +49,14 @@ class _Head:
     def load(cls, name_or_path: str, device: str = "cpu", **kwargs):
         return cls(*load_model(name_or_path, device, cls.task), **kwargs)
 
+    def _set_runtime(self, runtime: str | None) -> None:
+        """Run the forward pass in ``runtime`` (``auto``, ``torch``, ``onnxruntime``, ``None``: the
+        environment's); exported, and checked against torch, on a fixed batch of the input size."""
+        example = torch.rand((2, 1 if self.input.grey else 3, self.input.size, self.input.size),
+                             generator=torch.Generator().manual_seed(0))
+        self.runner, self.runtime_info = accelerate(self.model, example, runtime, self.device,
+                                                    what=f"{self.task} {self.name}")
+
     @property
     def name(self) -> str:
         return self.info.get("name") or str(self.info.get("path", "")).rsplit("/", 1)[-1].removesuffix(".pt")
@@ -72,11 +80,7 @@ class KeypointHead(_Head):
         if POINTS not in self.spec.outputs:
             raise ValueError(f"{info.get('path')}: model {info['model']!r} does not output keypoints")
         self.scheme = get_scheme(self.meta["scheme"])
-        # exported, and checked against torch, on a fixed batch of the input size (seeded noise)
-        example = torch.rand((2, 1 if self.input.grey else 3, self.input.size, self.input.size),
-                             generator=torch.Generator().manual_seed(0))
-        self.runner, self.runtime_info = accelerate(self.model, example, runtime, self.device,
-                                                    what=f"keypoints {self.name}")
+        self._set_runtime(runtime)
 
     @torch.inference_mode()
     def predict(self, x: torch.Tensor) -> np.ndarray:
@@ -96,7 +100,9 @@ class AttributeHead(_Head):
 
     task = "attributes"
 
-    def __init__(self, model, info) -> None:
+    def __init__(self, model, info, runtime: str | None = None) -> None:
+        """``runtime``: as for :class:`KeypointHead`; used for the forward pass of multitask and
+        2-way models (the autoencoder's ``score`` and the seed models' ``embed`` stay in torch)."""
         super().__init__(model, info)
         self.attributes = list(self.meta.get("attributes") or [])
         self.has_embedding = EMBEDDING in self.spec.outputs
@@ -114,6 +120,8 @@ class AttributeHead(_Head):
         else:
             self.thresholds = {}
             self.attributes = []
+        if ATTRIBUTE_LOGITS in outs or BINARY_LOGITS in outs:
+            self._set_runtime(runtime)
 
     @torch.inference_mode()
     def outputs(self, x: torch.Tensor, embedding: bool = True) -> dict:
@@ -122,13 +130,13 @@ class AttributeHead(_Head):
         x = x.to(self.device)
         outs, scores, emb = self.spec.outputs, {}, None
         if ATTRIBUTE_LOGITS in outs:
-            out = multitask_outputs(self.model, x, self.flip)
+            out = multitask_outputs(self.runner, x, self.flip)
             scores = {a: torch.sigmoid(out[a].float()).cpu().numpy() for a in self.attributes}
             if embedding and EMBEDDING in outs:
                 emb = out["embedding"].float().cpu().numpy()
         else:
             if BINARY_LOGITS in outs:
-                p = torch.softmax(self.model(x).float(), 1)[:, 1].cpu().numpy()
+                p = torch.softmax(self.runner(x).float(), 1)[:, 1].cpu().numpy()
                 scores = {a: p for a in self.attributes}
             elif RECONSTRUCTION in outs:
                 s = self.model.score(x).cpu().numpy()
