@@ -50,11 +50,15 @@ def _textured(w: int, h: int, seed: int = 0) -> Image.Image:
     return Image.fromarray(bg).resize((w, h), Image.BICUBIC)
 
 
+CANVAS = {700: (3200, 2400), 450: (3200, 2400), 300: (3200, 2400), 120: (2560, 1920)}
+
+
 @pytest.fixture(scope="module")
 def big_photos(udacity_root, mobilenet_detector, tmp_path_factory):
-    """Real udacity68 photos made big: upscaled so that the face is ~700 or ~450 px (its
-    crop square holds 192 px at 1/4: cut from the first decode), ~330 px (cut from a 1/2 decode)
-    and ~160 px (cut from a full-size decode), pasted on a textured 3200x2400 background."""
+    """Real udacity68 photos made big, pasted on a textured background: upscaled so that the face
+    is ~700 or ~450 px (its crop square holds the models' 160-192 px input at 1/4: cut from the
+    first decode), ~300 px (cut from a 1/2 decode) and ~120 px (on 2560x1920: cut from a
+    full-size decode)."""
     root = tmp_path_factory.mktemp("big_photos")
     src = sorted((udacity_root / "training").glob("*.jpg"))
     picked = []
@@ -66,10 +70,10 @@ def big_photos(udacity_root, mobilenet_detector, tmp_path_factory):
         if len(picked) == 6:
             break
     out = []
-    for k, ((im, face), target) in enumerate(zip(picked, (700, 450, 330, 330, 160, 160))):
+    for k, ((im, face), target) in enumerate(zip(picked, (700, 450, 300, 300, 120, 120))):
         f = target / face
         big = im.resize((int(im.width * f), int(im.height * f)), Image.BICUBIC)
-        canvas = _textured(3200, 2400, seed=k)
+        canvas = _textured(*CANVAS[target], seed=k)
         canvas.paste(big, (200 + 50 * k, 150))
         p = root / f"face{target}_{k}.jpg"
         canvas.save(p, quality=90)
@@ -91,6 +95,7 @@ def _run_worker(paths, tmp_path, decode: str, needs=None, crops: bool = False):
     objs = [{"path": str(p), "etag": None, "size": os.stat(p).st_size, "mtime": os.stat(p).st_mtime} for p in paths]
     payload = pickle.dumps([read_object(o, {}, RetryPolicy(budget_s=5)) for o in objs], protocol=5)
     stats = w.process(0, payload)
+    stats["crop_needs"] = w.crop_needs
     t = pa.concat_tables([pq.read_table(f) for f in sorted(folder.glob("*.parquet"))])
     return {(Path(r["path"]).name, r["face_index"]): r for r in t.to_pylist()}, stats
 
@@ -122,21 +127,24 @@ def test_draft_decoding_matches_full_size_on_big_real_photos(big_photos, tmp_pat
     draft, st = _run_worker(big_photos, tmp_path, "draft")
     before, st_before = _run_worker(big_photos, tmp_path, "draft", needs=[(256, 0.2)])
     assert st_full["redecoded"] == 0
-    # decoded again: the photos with a face whose crop square spans < 192 px at 1/4 (the keypoint
-    # model's input): the ~330 px faces at 1/2, the ~160 px ones at full size
+    need = max(n for n, _ in st["crop_needs"])  # the largest model input (160-192 px)
+    assert 128 <= need < 256
+    # decoded again: the photos with a face whose crop square spans fewer pixels than that at 1/4:
+    # the ~300 px faces at 1/2, the ~120 px ones at full size
     side = {}
     for (name, _), r in draft.items():
         assert r["status"] == "ok", (name, r["status"])
         side[name] = min(side.get(name, 1e9), r["crop_box"][2] - r["crop_box"][0])
-    again = sorted(n for n, v in side.items() if v / 4 < 192)
-    assert st["redecoded"] == len(again) == 4, (side, st["redecoded"])
-    assert sum(side[n] / 2 < 192 for n in again) == 2  # the ~160 px faces: full size
-    assert st_before["redecoded"] == 5  # the rule before (256 px) also decoded the ~450 px face again
+    again = sorted(n for n, v in side.items() if v / 4 < need)
+    assert st["redecoded"] == len(again) == 4, (need, side, st["redecoded"])
+    assert sorted(n for n in again if side[n] / 2 < need) == ["face120_4.jpg", "face120_5.jpg"], side
+    # the rule before (256 px) also decoded the ~450 px face again
+    assert st_before["redecoded"] == sum(v / 4 < 256 for v in side.values()) == 5, side
     assert _compare(draft, full, kp_tol=0.005) < 0.005
     _compare(draft, before, kp_tol=0.005)
     # the coordinates are in the original's pixels whatever scale the crop came from
     for (name, fi), r in draft.items():
-        assert (r["width"], r["height"]) == (3200, 2400)
+        assert (r["width"], r["height"]) == CANVAS[int(name[4:].split("_")[0])]
 
 
 def test_stored_crops_are_cut_with_full_crop_size(big_photos, tmp_path):

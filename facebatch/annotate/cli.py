@@ -89,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
     from .lock import LockHeld
     from .pipeline import JobFailed, run_annotate
     cfg = config_from_args(args)
+    ray_was_up = _ray_initialized()
     try:
         summary = run_annotate(cfg, address=args.address)
     except LockHeld as exc:
@@ -100,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
             traceback.print_exc()
         print(f"facebatch annotate: error: {exc}", file=sys.stderr)
         return 1
+    if not ray_was_up:  # committed: end the Ray this command started now (a failed run leaves it to exit)
+        _stop_ray()
     if summary.get("dry_run"):
         print(f"dry run: listed {summary['listed']}; would process {len(summary['would_process'])} "
               f"(new {summary['new']}, changed {summary['changed']}, retried {summary['retried']}), "
@@ -115,6 +118,21 @@ def run(args: argparse.Namespace) -> int:
               f"({summary['failure_rate']:.1%}), above --max-failure-rate {cfg.max_failure_rate:.1%}", file=sys.stderr)
         return 3
     return 0
+
+
+def _ray_initialized() -> bool:
+    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
+
+
+def _stop_ray() -> None:
+    """Shut down the Ray this command started (or disconnect from the cluster it joined) once the
+    run is committed: at interpreter exit Ray would first sleep half a second for worker logs.
+    Ray that was already up when the command started (a caller's session) is left alone."""
+    if _ray_initialized():
+        try:
+            sys.modules["ray"].shutdown()
+        except Exception as exc:  # the run is committed; say so and let the exit clean up
+            print(f"[facebatch] Ray shutdown: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
 def annotate(argv: list[str]) -> int:
