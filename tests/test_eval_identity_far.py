@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from facebatch.formats.base import assign_split
 
@@ -98,7 +99,11 @@ def test_model_threshold_drives_the_unknown_decision(identity_eval, mobilenet_we
     assert meta["verification_threshold"] == entries["verification_threshold"] == t
     assert meta["verification_far"] == 0.01 and meta["verification_tar"] == m["verification_tar_at_far"]
     assert meta["verification_at_far"]["n_diff"] == m["verification_at_far"]["n_diff"]
-    assert "verification_threshold" not in read_model_file(resolve_model_path("attributes"))["meta"]
+    shipped = read_model_file(resolve_model_path("attributes"))
+    assert 0.2 < shipped["meta"]["verification_threshold"] < 0.6 and shipped["meta"]["verification_far"] == 0.01
+    bare = tmp_path / "attributes_bare.pt"  # the same model without a stored threshold
+    shipped["meta"] = {k: v for k, v in shipped["meta"].items() if not k.startswith("verification_")}
+    torch.save(shipped, bare)
 
     people = tmp_path / "people"  # two unseen people, two photos each
     unseen = identity_eval["unseen"]
@@ -113,8 +118,8 @@ def test_model_threshold_drives_the_unknown_decision(identity_eval, mobilenet_we
                            weights_dir=str(mobilenet_weights.parent))
     assert fa.identity_threshold == t != 0.5
     assert fa.describe()["gallery"]["threshold"] == t
-    plain = FaceAnalyzer(fa.detector, None, AttributeHead.load("attributes"), fa.gallery)
-    # the shipped file has no verification_threshold: the 0.5 default
+    plain = FaceAnalyzer(fa.detector, None, AttributeHead.load(str(bare)), fa.gallery)
+    # a model file without verification_threshold: the 0.5 default
     assert plain.identity_threshold == 0.5
     assert FaceAnalyzer(fa.detector, None, fa.attributes, fa.gallery, identity_threshold=0.2).identity_threshold == 0.2
 
@@ -145,7 +150,8 @@ def test_release_model_stores_threshold_and_card(identity_eval, tmp_path, monkey
     assert dst == rel / "attr_test.pt"
     meta = read_model_file(dst)["meta"]
     assert meta["verification_threshold"] == m["verification_threshold_at_far"] and meta["verification_far"] == 0.01
-    assert "verification_threshold" not in read_model_file(src)["meta"]  # the source file is left as it was
+    from facebatch.weights import sha256_file as _sha
+    assert _sha(src) == _sha(resolve_model_path("attributes"))  # the source file is left as it was
     assert (docs / "roc-attr_test.png").read_bytes() == (identity_eval["out"] / "roc.png").read_bytes()
     card = (rel / "attr_test.md").read_text()
     p = m["verification_at_far"]
