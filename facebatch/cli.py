@@ -33,7 +33,9 @@ class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaults
     pass
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The ``facebatch`` parser; ``only`` builds just that subcommand's parser (the others' modules
+    are not imported, so e.g. ``facebatch annotate`` starts without torch in the driver)."""
     parser = argparse.ArgumentParser(
         prog="facebatch", formatter_class=_Formatter,
         description="Turn image collections into face data: batched RetinaFace detection, "
@@ -45,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, modname in SUBCOMMANDS.items():
+        if only is not None and name != only:
+            continue
         mod = importlib.import_module(modname)
         doc = (mod.__doc__ or "").strip()
         p = sub.add_parser(name, help=doc.splitlines()[0] if doc else name, description=doc,
@@ -56,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: ``facebatch [-v] COMMAND [options]``; returns the exit code."""
-    parser = build_parser()
+    tokens = sys.argv[1:] if argv is None else list(argv)
+    chosen = next((t for t in tokens if not t.startswith("-")), None)
+    parser = build_parser(only=chosen if chosen in SUBCOMMANDS else None)
     args, extra = parser.parse_known_args(argv)
     if extra:
         # key=value overrides may follow options (argparse cannot mix them with a nargs="*" positional)

@@ -42,6 +42,20 @@ from facebatch.detection import BACKENDS, DetectorConfig, Face, LANDMARK_NAMES
     assert _heavy_after(code) == []
 
 
+def test_facebatch_annotate_command_builds_only_its_parser():
+    """``facebatch annotate ...`` imports only the annotate parser (the preprocess one pulls in
+    torch); ``facebatch --help`` still lists every command."""
+    code = """
+import facebatch.cli as cli
+args = cli.build_parser(only="annotate").parse_args(["annotate", "--input", "in", "--output", "out"])
+assert args.command == "annotate"
+"""
+    assert _heavy_after(code) == []
+    r = subprocess.run([sys.executable, "-m", "facebatch.cli", "--help"], cwd=REPO, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and all(c in r.stdout for c in ("annotate", "preprocess", "train", "serve")), r.stdout
+
+
 def test_detection_names_still_importable():
     """``facebatch.detection`` keeps its API: the torch parts load on first use."""
     code = """
