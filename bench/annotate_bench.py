@@ -85,7 +85,7 @@ def annotate(inp: Path, out: Path, *extra: str, entry: str = "cli") -> dict:
 
 
 def preprocess(inp: Path, out: Path) -> dict:
-    wall = _run([PY, "-m", "facebatch.cli", "preprocess", "--input", str(inp), "--format", "folder",
+    wall, _ = _run([PY, "-m", "facebatch.cli", "preprocess", "--input", str(inp), "--format", "folder",
                  "--output", str(out), "--progress", "none"])
     s = json.loads((out / "_summary.json").read_text())
     return {"wall_s": round(wall, 1), "inputs": s["inputs"], "images_per_s_wall": round(s["inputs"] / wall, 1),
