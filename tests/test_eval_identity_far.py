@@ -150,15 +150,14 @@ def test_release_model_stores_threshold_and_card(identity_eval, tmp_path, monkey
     assert dst == rel / "attr_test.pt"
     meta = read_model_file(dst)["meta"]
     assert meta["verification_threshold"] == m["verification_threshold_at_far"] and meta["verification_far"] == 0.01
-    from facebatch.weights import sha256_file as _sha
-    assert _sha(src) == _sha(resolve_model_path("attributes"))  # the source file is left as it was
+    from facebatch.weights import sha256_file
+    assert sha256_file(src) == sha256_file(resolve_model_path("attributes"))  # the source file is left as it was
     assert (docs / "roc-attr_test.png").read_bytes() == (identity_eval["out"] / "roc.png").read_bytes()
     card = (rel / "attr_test.md").read_text()
     p = m["verification_at_far"]
     assert (f"unknown below cosine {p['threshold']:.4f}: FAR {p['far']:.4f} on {p['n_diff']} different-person pairs"
             in card)
     assert f"TAR {p['tar']:.4f}" in card and "](../docs/roc-attr_test.png)" in card
-    from facebatch.weights import sha256_file
     assert f"sha256 `{sha256_file(dst)}`" in card  # the card hashes the file with the threshold in it
 
     other = tmp_path / "other.pt"  # an evaluation of another file is refused before anything is copied

@@ -138,11 +138,10 @@ class BatchDetector:
                 raise ValueError(f"expected an RGB image of shape (H, W, 3), got {img.shape}")
         results = self._detect(images, [self.scale_for(*img.shape[:2]) for img in images], exact)
         if self.config.upscale == "retry":  # small images with nothing found get a second, upscaled look
-            again = [i for i, (img, r) in enumerate(zip(images, results))
-                     if not r and self.scale_for(*img.shape[:2], retry=True) > 1.0]
+            retry = {i: self.scale_for(*img.shape[:2], retry=True) for i, img in enumerate(images) if not results[i]}
+            again = [i for i, s in retry.items() if s > 1.0]
             if again:
-                second = self._detect([images[i] for i in again],
-                                      [self.scale_for(*images[i].shape[:2], retry=True) for i in again], exact)
+                second = self._detect([images[i] for i in again], [retry[i] for i in again], exact)
                 for i, r in zip(again, second):
                     results[i] = r
         return results
