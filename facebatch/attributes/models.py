@@ -437,13 +437,21 @@ class MultiTaskFaceNet(nn.Module):
         weights_path: explicit detector weights file for ``pretrained``.
         resnet_widths: stage widths for ``resnet_small``.
         resnet_blocks: blocks per stage for ``resnet_small``.
+        lda_dim: with ``lda_dim > 0`` the identity ``embedding`` is a fixed linear projection
+            (buffers ``lda_mean`` and ``lda_proj``) of the backbone's last feature map, pooled to
+            ``lda_grid x lda_grid`` cells, flattened and L2-normalised; the buffers are fitted
+            in closed form after training (:func:`facebatch.attributes.lda.fit_lda`,
+            ``tools/fit_identity_lda.py``). The trained ``embedding_head`` still feeds the
+            margin head. 0 (default): the embedding is ``embedding_head``'s output.
+        lda_grid: the cells per side of the pooled map for ``lda_dim`` (5 = the stride-32 map of
+            a 160 px input, unpooled).
     """
 
     def __init__(self, backbone: str | nn.Module = "retina_mobilenet", pretrained: bool | str = False,
                  input_size: int = 128, emb_dim: int = 128, n_identities: int = 0, margin: str = "cosface",
                  s: float = 30.0, m: float = 0.35, dropout: float = 0.2, input_norm: str | None = None,
                  weights_path: str | None = None, resnet_widths: Sequence[int] = (32, 64, 128, 256),
-                 resnet_blocks: Sequence[int] = (1, 1, 1, 1)) -> None:
+                 resnet_blocks: Sequence[int] = (1, 1, 1, 1), lda_dim: int = 0, lda_grid: int = 5) -> None:
         super().__init__()
         if isinstance(backbone, str):
             if backbone == "retina_mobilenet":
@@ -468,11 +476,17 @@ class MultiTaskFaceNet(nn.Module):
         self.eyeglasses_head = nn.Linear(feat_dim, 1)
         self.embedding_head = nn.Sequential(nn.Linear(feat_dim, emb_dim, bias=False), nn.BatchNorm1d(emb_dim))
         self.margin_head = MarginHead(emb_dim, n_identities, s, m, margin) if n_identities > 0 else None
+        self.lda_dim, self.lda_grid = int(lda_dim), int(lda_grid)
+        if self.lda_dim > 0:
+            d = feat_dim * self.lda_grid ** 2
+            self.register_buffer("lda_mean", torch.zeros(d))
+            self.register_buffer("lda_proj", torch.zeros(d, self.lda_dim))
         self.config: dict[str, Any] = dict(
             backbone=backbone_name, input_size=input_size, emb_dim=emb_dim, n_identities=n_identities,
             margin=margin, s=s, m=m, dropout=dropout, input_norm=input_norm,
             resnet_widths=list(resnet_widths), resnet_blocks=list(resnet_blocks),
-            backbone_weights_sha256=getattr(self.backbone, "weights_sha256", None))
+            backbone_weights_sha256=getattr(self.backbone, "weights_sha256", None),
+            lda_dim=self.lda_dim, lda_grid=self.lda_grid)
 
     def _infer_feature_dim(self, input_size: int) -> int:
         known = getattr(self.backbone, "out_channels", None)
@@ -493,6 +507,24 @@ class MultiTaskFaceNet(nn.Module):
         """
         return _backbone_features(self.backbone(self.input_norm(x)))
 
+    def _feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.backbone(self.input_norm(x))
+        if isinstance(out, dict):
+            out = list(out.values())
+        if isinstance(out, (list, tuple)):
+            out = out[-1]
+        if out.dim() != 4:
+            raise ValueError("lda_dim needs a backbone with a (B, C, H, W) feature map")
+        return out
+
+    def lda_features(self, fmap: torch.Tensor) -> torch.Tensor:
+        """The LDA projection's input: the feature map pooled to ``lda_grid`` cells per side,
+        flattened, L2-normalised ``(B, C * lda_grid**2)``."""
+        g = self.lda_grid
+        if fmap.shape[-2:] != (g, g):
+            fmap = F.adaptive_avg_pool2d(fmap, g)
+        return F.normalize(fmap.flatten(1).float(), dim=1)
+
     def forward(self, x: torch.Tensor, identity: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Heads' outputs as a dict (see the class docstring).
 
@@ -500,11 +532,14 @@ class MultiTaskFaceNet(nn.Module):
             x: RGB ``[0, 1]`` images ``(B, 3, S, S)``.
             identity: identity labels ``(B,)`` (``-1`` = none) for the training margin.
         """
-        f = self.features(x)
+        fmap = self._feature_map(x) if self.lda_dim > 0 else None
+        f = _backbone_features(fmap) if fmap is not None else self.features(x)
         fd = self.dropout(f)
         emb = F.normalize(self.embedding_head(f), dim=1)
         out = {"smile": self.smile_head(fd).squeeze(1), "eyeglasses": self.eyeglasses_head(fd).squeeze(1),
                "embedding": emb}
+        if fmap is not None:
+            out["embedding"] = F.normalize((self.lda_features(fmap) - self.lda_mean) @ self.lda_proj, dim=1)
         if self.margin_head is not None:
             out["identity_logits"] = self.margin_head(emb, identity)
         return out
