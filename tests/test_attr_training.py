@@ -349,6 +349,30 @@ def test_multitask_train_export_evaluate_enroll(ray_session, attr_data, tmp_path
     assert 0 <= ident["verification_accuracy"] <= 1
     assert json.loads((tmp_path / "ev-id" / "metrics.json").read_text())["top1"] == ident["top1"]
 
+    # the closed-form identity projection (tools/fit_identity_lda.py) on the train people's photos
+    import importlib.util
+    tools = Path(__file__).resolve().parent.parent / "tools"
+    spec = importlib.util.spec_from_file_location("fit_identity_lda", tools / "fit_identity_lda.py")
+    lda_tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lda_tool)
+    lda_file = tmp_path / "attr_lda.pt"
+    assert lda_tool.main([str(export), str(lda_file), "--data", str(attr_data["celeba"]), "--grid", "2",
+                          "--pca-dim", "64"]) == 0
+    lda_model, lda_info = load_model(str(lda_file))
+    lda_meta = lda_info["meta"]["identity_lda"]
+    assert lda_meta["people"] == n_people and lda_meta["dim"] == n_people - 1 and lda_meta["left_out_images"] == 0
+    assert lda_info["model_kwargs"]["lda_dim"] == n_people - 1 and lda_info["meta"]["emb_dim"] == n_people - 1
+    assert "verification_threshold" not in lda_info["meta"]  # belonged to the old embedding
+    with torch.no_grad():
+        x = torch.rand(2, 3, 64, 64)
+        a, b = model(x), lda_model(x)
+    assert torch.equal(a["smile"], b["smile"]) and b["embedding"].shape == (2, n_people - 1)
+    ident2 = evaluate_identity(str(lda_file), str(attr_data["celeba"]), None, str(tmp_path / "ev-id-lda"))
+    assert ident2["gallery_persons"] == n_people and 0 <= ident2["verification_accuracy"] <= 1
+    assert ident2["top1"] >= 0.5, ident2  # 4 people: chance is 0.25
+    with pytest.raises(SystemExit, match="val/test"):
+        lda_tool.main([str(export), str(tmp_path / "x.pt"), "--data", str(attr_data["celeba"]), "--splits", "val"])
+
     # enroll: one folder per person, symlinks to their first three celeba images
     people_dir = tmp_path / "people"
     celeba_raw = attr_data["celeba_raw"]
