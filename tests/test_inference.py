@@ -189,7 +189,8 @@ def test_attributes_agree_with_celeba_labels(analyzer, celeba_root):
     agree = [r[0].labels["smile"] == labels[f.name]["smile"] for f, r in zip(files, res) if r]
     assert len(agree) >= 38 and np.mean(agree) >= 0.85, np.mean(agree)
     emb = np.asarray(res[0][0].embedding)
-    assert emb.shape == (128,) and abs(np.linalg.norm(emb) - 1) < 1e-4
+    want = analyzer.attributes.meta["emb_dim"]  # the shipped model's LDA embedding: 167
+    assert emb.shape == (want,) and abs(np.linalg.norm(emb) - 1) < 1e-4
 
 
 def test_gallery_identity_and_enroll_in_process(celeba_root, mobilenet_weights, tmp_path, forbid_ray_init):

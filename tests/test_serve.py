@@ -141,7 +141,7 @@ def test_options_embedding_multipart_and_no_face(server, analyzer, photo_files, 
     r = post(data=data, params={"embedding": 1, "keypoints": 0, "max_faces": 1})
     want = analyzer.analyze([decode_image(data).image], max_faces=1, keypoints=False, embedding=True)[0]
     _close(r.json()["faces"], [f.to_dict(embedding=True) for f in want])
-    assert len(r.json()["faces"][0]["embedding"]) == 128 and r.json()["faces"][0]["keypoints68"] is None
+    assert len(r.json()["faces"][0]["embedding"]) == 167 and r.json()["faces"][0]["keypoints68"] is None  # shipped LDA embedding
     form = requests.post(URL + "/v1/annotate", files={"file": ("x.jpg", data, "image/jpeg")}, headers=AUTH, timeout=60)
     raw = post(data=data)
     assert form.status_code == 200 and form.json() == raw.json()

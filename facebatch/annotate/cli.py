@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--attributes", default=d.attributes, help="attribute/identity model: shipped name, file, or none")
     m.add_argument("--gallery", default=None, help="an `enroll` gallery: fills identity and identity_similarity")
     m.add_argument("--embeddings", action="store_true",
-                   help="store each face's 128-d identity embedding (biometric data; off by default)")
+                   help="store each face's identity embedding (167 numbers with the shipped model; biometric data; off by default)")
     m.add_argument("--crops", action="store_true", help="store each face's 256 px JPEG crop (off by default)")
     f = m.add_mutually_exclusive_group()
     f.add_argument("--all-faces", dest="all_faces", action="store_true", default=True,

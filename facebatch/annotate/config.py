@@ -20,7 +20,7 @@ class AnnotateConfig:
         output: folder or ``s3://`` prefix (DST).
         keypoints, attributes: shipped name, model file, or ``none``.
         gallery: an ``enroll`` gallery for identities (``None``: identity columns null).
-        embeddings: store the 128-d embedding (biometric data: off by default).
+        embeddings: store the identity embedding (167-d with the shipped model; biometric data: off by default).
         crops: store the 256 px JPEG crop of each face.
         all_faces: one row per face (default); ``False``: only the largest face.
         detector: detector options (as ``preprocess``).
