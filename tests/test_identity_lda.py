@@ -66,7 +66,7 @@ def test_model_lda_embedding_is_the_fitted_projection():
     x = torch.rand(3, 3, 64, 64)
     with torch.no_grad():
         a, b = plain(x), with_lda(x)
-        fmap = with_lda._feature_map(x)
+        fmap = with_lda.feature_map(x)
     assert torch.equal(a["smile"], b["smile"]) and torch.equal(a["eyeglasses"], b["eyeglasses"])
     feats = F.normalize(F.adaptive_avg_pool2d(fmap, 2).flatten(1), dim=1)
     want = project(feats.numpy(), mean.numpy(), proj.numpy())

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     report = None
     if args.data and first["task"] == "attributes" and meta.get("thresholds"):
         from facebatch.training.attribute_task import fit_thresholds
-        cfg = meta.get("config") or meta.get("train_config") or {}
+        cfg = meta.get("config") or {}
         degrade = (meta.get("task_options") or {}).get("threshold_degrade") or []
         thresholds, n, report = fit_thresholds(model, args.data, list(cfg.get("val_splits") or ["val"]),
                                                list(meta["attributes"]), int(meta["input_size"]),

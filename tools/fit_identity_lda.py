@@ -1,6 +1,6 @@
 """Give a multitask attribute model a closed-form identity embedding (PCA + Fisher LDA).
 
-    python tools/fit_identity_lda.py MODEL OUT.pt --data out/celeba6k out/udacity68 [--dim 256]
+    python tools/fit_identity_lda.py MODEL OUT.pt --data out/celeba6k [--dim 256]
 
 MODEL is a multitask model file or shipped name. Every usable ``train``-split face with an
 identity in the ``--data`` preprocess outputs is run through the model's backbone, with its
@@ -57,15 +57,14 @@ def training_rows(sources: list[str], splits: list[str]) -> list[dict]:
 
 
 def lda_inputs(model: torch.nn.Module, rows: list[dict], spec: InputSpec, batch_size: int = 128) -> np.ndarray:
-    """``(2n, d)``: the LDA features of every row's crop, then of every mirrored crop."""
-    feats = np.zeros((2, len(rows), 0), np.float32)
+    """``(2n, d)``: the LDA features of every row's crop, then of every mirrored crop (every row
+    has a crop: :func:`training_rows` keeps only those)."""
+    plain, mirrored = [], []
     with torch.inference_mode():
-        for sel, x in row_batches(rows, spec, batch_size):
-            both = [model.lda_features(model._feature_map(v)).numpy() for v in (x, x.flip(-1))]
-            if feats.shape[2] == 0:
-                feats = np.zeros((2, len(rows), both[0].shape[1]), np.float32)
-            feats[0, sel], feats[1, sel] = both
-    return feats.reshape(2 * len(rows), -1)
+        for _, x in row_batches(rows, spec, batch_size):
+            plain.append(model.lda_features(model.feature_map(x)).numpy())
+            mirrored.append(model.lda_features(model.feature_map(x.flip(-1))).numpy())
+    return np.concatenate(plain + mirrored)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("model", help="multitask model file or shipped name (attributes)")
     ap.add_argument("output", help="model file to write (never the input)")
-    ap.add_argument("--data", nargs="+", required=True, help="preprocess outputs with identities (celeba, udacity68)")
+    ap.add_argument("--data", nargs="+", required=True, help="preprocess outputs with identities (the release uses celeba6k only: adding udacity68 scored worse)")
     ap.add_argument("--splits", nargs="+", default=["train"], help="splits to fit on (default: train)")
     ap.add_argument("--dim", type=int, default=256, help="embedding size (default 256)")
     ap.add_argument("--pca-dim", type=int, default=256, help="principal directions before LDA (default 256)")
@@ -95,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in obj["state_dict"].items()
              if not k.startswith("lda_")}
     load_into(model, state, src, "multitask model")
-    model.lda_dim, model.lda_grid = args.dim, args.grid  # features only; the buffers come below
+    model.lda_grid = args.grid  # what lda_features pools to; the projection's buffers come below
     model.eval()
     meta = obj["meta"]
     spec = InputSpec.from_meta(meta)

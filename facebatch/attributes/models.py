@@ -388,11 +388,17 @@ class SmallResNet(nn.Module):
 BACKBONES = ("retina_mobilenet", "resnet_small")
 
 
-def _backbone_features(out: Any) -> torch.Tensor:
+def _last_output(out: Any) -> torch.Tensor:
+    """A backbone's output tensor: the last one of a list/tuple/dict of them."""
     if isinstance(out, dict):
         out = list(out.values())
     if isinstance(out, (list, tuple)):
         out = out[-1]
+    return out
+
+
+def _backbone_features(out: Any) -> torch.Tensor:
+    out = _last_output(out)
     if out.dim() == 4:
         return F.adaptive_avg_pool2d(out, 1).flatten(1)
     if out.dim() == 2:
@@ -505,21 +511,21 @@ class MultiTaskFaceNet(nn.Module):
         Args:
             x: RGB ``[0, 1]`` images ``(B, 3, S, S)``.
         """
-        return _backbone_features(self.backbone(self.input_norm(x)))
+        return _backbone_features(self.feature_map(x))
 
-    def _feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.backbone(self.input_norm(x))
-        if isinstance(out, dict):
-            out = list(out.values())
-        if isinstance(out, (list, tuple)):
-            out = out[-1]
-        if out.dim() != 4:
-            raise ValueError("lda_dim needs a backbone with a (B, C, H, W) feature map")
-        return out
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone's last feature map ``(B, C, H, W)`` (what :meth:`lda_features` reads).
+
+        Args:
+            x: RGB ``[0, 1]`` images ``(B, 3, S, S)``.
+        """
+        return _last_output(self.backbone(self.input_norm(x)))
 
     def lda_features(self, fmap: torch.Tensor) -> torch.Tensor:
         """The LDA projection's input: the feature map pooled to ``lda_grid`` cells per side,
         flattened, L2-normalised ``(B, C * lda_grid**2)``."""
+        if fmap.dim() != 4:
+            raise ValueError("lda_dim needs a backbone with a (B, C, H, W) feature map")
         g = self.lda_grid
         if fmap.shape[-2:] != (g, g):
             fmap = F.adaptive_avg_pool2d(fmap, g)
@@ -532,14 +538,14 @@ class MultiTaskFaceNet(nn.Module):
             x: RGB ``[0, 1]`` images ``(B, 3, S, S)``.
             identity: identity labels ``(B,)`` (``-1`` = none) for the training margin.
         """
-        fmap = self._feature_map(x) if self.lda_dim > 0 else None
-        f = _backbone_features(fmap) if fmap is not None else self.features(x)
+        raw = self.backbone(self.input_norm(x))
+        f = _backbone_features(raw)
         fd = self.dropout(f)
         emb = F.normalize(self.embedding_head(f), dim=1)
         out = {"smile": self.smile_head(fd).squeeze(1), "eyeglasses": self.eyeglasses_head(fd).squeeze(1),
                "embedding": emb}
-        if fmap is not None:
-            out["embedding"] = F.normalize((self.lda_features(fmap) - self.lda_mean) @ self.lda_proj, dim=1)
+        if self.lda_dim > 0:  # the closed-form embedding replaces the head's; the margin head keeps the head's
+            out["embedding"] = F.normalize((self.lda_features(_last_output(raw)) - self.lda_mean) @ self.lda_proj, dim=1)
         if self.margin_head is not None:
             out["identity_logits"] = self.margin_head(emb, identity)
         return out
