@@ -247,7 +247,7 @@ def test_analyze_command_prints_one_line_per_image(udacity_root, tmp_path, capsy
     assert len(f["keypoints68"]) == 136 and "smile" in f and "embedding" not in f
     assert main(["analyze", "--only", "detect", files[0], "--weights-dir", str(mobilenet_weights.parent)]) == 0
     f = json.loads(capsys.readouterr().out.splitlines()[0])["faces"][0]
-    assert f["keypoints68"] is None and "smile" not in f
+    assert "keypoints68" not in f and "smile" not in f  # no keypoint head, no keypoint columns
     assert main(["analyze", str(tmp_path / "missing.jpg")]) == 2
 
 

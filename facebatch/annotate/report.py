@@ -80,6 +80,15 @@ def _sheet(rows: list[dict], attrs: list[str], options: dict) -> str:
     return f"<img alt='contact sheet' src='data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}'>"
 
 
+def _scalar_outputs(summary: dict) -> list[tuple[str, str]]:
+    """``(name, kind)`` of the run's binary and regression outputs (the heads' declarations in
+    the summary; runs written before those were recorded list their attributes)."""
+    outs = summary.get("outputs")
+    if outs is None:
+        return [(a, "binary") for a in summary.get("attributes") or []]
+    return [(o["name"], o["kind"]) for o in outs if o["kind"] in ("binary", "regression")]
+
+
 def write_report(dst: str, folder: str, summary: dict, options: dict) -> str:
     """Write ``folder/report.html`` (``folder`` in the output filesystem); returns its path."""
     fs, _ = filesystem(dst, options)
@@ -100,10 +109,11 @@ def write_report(dst: str, folder: str, summary: dict, options: dict) -> str:
         ok = t.filter(pa.compute.equal(t["status"], "ok"))
         parts.append("<h2>Histograms</h2>")
         parts.append(_hist_svg(np.asarray(ok["face_size"].to_numpy(zero_copy_only=False), float), "face size (px)"))
-        for a in attrs:
-            if a in ok.column_names:
-                parts.append(_hist_svg(np.asarray(ok[a].to_numpy(zero_copy_only=False), float), f"{a} score",
-                                       rng=(0.0, 1.0)))
+        for name, kind in _scalar_outputs(summary):
+            if name in ok.column_names:
+                parts.append(_hist_svg(np.asarray(ok[name].to_numpy(zero_copy_only=False), float),
+                                       f"{name} score" if kind == "binary" else name,
+                                       rng=(0.0, 1.0) if kind == "binary" else None))
         rows = ok.to_pylist()
         rng = np.random.default_rng(0)
         pick = sorted(rng.choice(len(rows), size=min(SHEET_FACES, len(rows)), replace=False)) if rows else []

@@ -26,8 +26,14 @@ META_SCHEMA = b"facebatch.schema_version"
 SOURCE_FIELDS = [pa.field("etag", pa.string()), pa.field("size", pa.int64()), pa.field("mtime", pa.float64())]
 
 
-def schema(attributes: Sequence[str]) -> pa.Schema:
-    """The row schema for a model with these attribute names (one score and one label column each)."""
+#: the dtypes of declared outputs' columns (:mod:`facebatch.inference.outputs`) as Arrow types
+ARROW_TYPES = {"points": pa.list_(f32), "float": f32, "bool": pa.bool_(), "vector": pa.list_(f32),
+               "string": pa.string()}
+
+
+def schema(columns: Sequence[tuple[str, str]]) -> pa.Schema:
+    """The row schema for an analyzer whose declared outputs have these ``(column, dtype)``
+    (``FaceAnalyzer.columns()``): the source and detection columns, then the outputs' columns."""
     fields = [
         pa.field(S.PATH, pa.string(), nullable=False), pa.field(S.SHA256, pa.string()),
         pa.field(S.WIDTH, pa.int32()), pa.field(S.HEIGHT, pa.int32()),
@@ -36,22 +42,34 @@ def schema(attributes: Sequence[str]) -> pa.Schema:
         pa.field(S.N_FACES, pa.int32()), pa.field(S.FACE_INDEX, pa.int32()),
         pa.field(S.BOX, pa.list_(f32, 4)), pa.field(S.SCORE, f32), pa.field(S.LANDMARKS, pa.list_(f32, 10)),
         pa.field("face_size", f32), pa.field(S.CROP_BOX, pa.list_(f32, 4)),
-        pa.field("keypoints68", pa.list_(f32)), pa.field("keypoints15", pa.list_(f32)),
     ]
-    for a in attributes:
-        fields += [pa.field(a, f32), pa.field(f"{a}_label", pa.bool_())]
-    fields += [pa.field("identity", pa.string()), pa.field("identity_similarity", f32),
-               pa.field("embedding", pa.list_(f32)), pa.field(S.CROP, pa.binary()),
+    fields += [pa.field(name, ARROW_TYPES[dtype]) for name, dtype in columns]
+    fields += [pa.field(S.CROP, pa.binary()),
                pa.field("run_id", pa.string(), nullable=False), pa.field("annotated_at", TS)]
     return pa.schema(fields)
 
 
-def to_table(rows: list[dict[str, Any]], attributes: Sequence[str], metadata: dict[bytes, str] | None = None) -> pa.Table:
-    sch = schema(attributes)
+def to_table(rows: list[dict[str, Any]], columns: Sequence[tuple[str, str]],
+             metadata: dict[bytes, str] | None = None) -> pa.Table:
+    """Rows (dicts; a missing key is null) -> a table in :func:`schema` ``(columns)``."""
+    sch = schema(columns)
     t = pa.Table.from_pydict({f.name: [r.get(f.name) for r in rows] for f in sch}, schema=sch)
     if metadata:
         t = t.replace_schema_metadata(metadata)
     return t
+
+
+def face_fields(face, scale: float, embedding: bool) -> dict[str, Any]:
+    """One face's row fields from a ``FaceResult`` found in an image decoded at ``1/scale``:
+    every coordinate (box, landmarks, crop box, points outputs) and the face size times
+    ``scale``, so they are pixels of the original image."""
+    d = face.to_dict(embedding=embedding)
+    points = [S.BOX, S.LANDMARKS, S.CROP_BOX] + [c for o in face.declared for c, t in o.columns() if t == "points"]
+    for c in points:
+        if d.get(c) is not None:
+            d[c] = [float(x) * scale for x in d[c]]
+    d["face_size"] = float(d["face_size"]) * scale
+    return d
 
 
 def read_metadata(sch: pa.Schema) -> dict[str, Any]:

@@ -1,10 +1,13 @@
-"""``FaceAnalyzer``: images in; per face the box, landmarks, keypoints, attributes and identity out.
+"""``FaceAnalyzer``: images in; per face the box, landmarks and every head's outputs out.
 
-One object loads the detector and every model once; :meth:`FaceAnalyzer.analyze` runs the
-detector batched over the images, cuts every face of every image in the models' crop frame
-(:mod:`.inputs`), and runs each model once over all the faces. The preprocess, annotate and
-serve paths, ``facebatch analyze`` and ``facebatch enroll`` all use it, so the same photo gives
-the same answer everywhere.
+One object loads the detector and a list of heads once (:mod:`.heads` for the keypoint and
+attribute model files, :mod:`.registry` for any other); :meth:`FaceAnalyzer.analyze` runs the
+detector batched over the images and each head once over all the faces, which are cut in each
+head's crop frame once per call (:class:`~.registry.FaceBatch`). A head declares its outputs by
+kind (:mod:`.outputs`): keypoints, binary attributes, regressions, embeddings; with a gallery the
+analyzer adds the identity decision on top of the embedding. Annotate rows, the serve API,
+``facebatch analyze`` and ``facebatch enroll`` build their fields from those declarations, so
+the same photo gives the same answer everywhere. (The preprocess job uses the detector only.)
 
     >>> fa = FaceAnalyzer.load()                           # doctest: +SKIP
     >>> faces = fa.analyze([rgb])[0]                       # doctest: +SKIP
@@ -19,22 +22,24 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..detection import BatchDetector, Face, create_detector
-from ..geometry import order_faces_by_area, points_from_crop
-from ..keypoints.schemes import ibug68_to_kaggle15
-from .heads import AttributeHead, KeypointHead
-from .inputs import CropFrame, decode_crop, face_crop, model_input
+from ..geometry import order_faces_by_area, square_crop_box
+from .heads import AttributeHead, KeypointHead, floats
+from .inputs import CropFrame
+from .outputs import BINARY, DECISION, EMBEDDING, KEYPOINTS, REGRESSION, Output, kinds_wanted, ordered
+from .registry import AnalyzerHead, FaceBatch, create_head
 
 DEFAULT_IDENTITY_THRESHOLD = 0.5
 UNKNOWN = "unknown"
+IDENTITY = Output("identity", DECISION, "closest gallery person above the threshold, else unknown")
 
 
 @dataclass
 class FaceResult:
     """One face, all coordinates in pixels of the image passed in (x, y pairs flattened).
 
-    ``attributes`` maps each attribute to its score; ``labels`` to ``score >= threshold`` with
-    the threshold stored in the model file. ``to_dict()`` gives the flat record that annotate
-    rows and the serve API use.
+    ``outputs`` maps each column a head filled (:mod:`.outputs`) to its value; ``declared`` is
+    the analyzer's declared outputs, so :meth:`to_dict` gives the same keys whatever was asked
+    for. ``to_dict()`` gives the flat record that annotate rows and the serve API use.
     """
 
     box: list[float]
@@ -42,33 +47,44 @@ class FaceResult:
     landmarks: list[float]
     face_size: float
     crop_box: list[float]
-    keypoints68: list[float] | None = None
-    keypoints15: list[float] | None = None
-    attributes: dict[str, float] = field(default_factory=dict)
-    labels: dict[str, bool] = field(default_factory=dict)
-    embedding: list[float] | None = None
-    identity: str | None = None
-    identity_similarity: float | None = None
+    outputs: dict[str, Any] = field(default_factory=dict)
+    declared: Sequence[Output] = ()
 
     def to_dict(self, embedding: bool = True) -> dict[str, Any]:
+        """Detection fields, then every declared output's columns: a part that was not computed is
+        ``None``, except binary and regression outputs (absent) and embeddings (only with
+        ``embedding=True``)."""
         d: dict[str, Any] = {"box": self.box, "score": self.score, "landmarks": self.landmarks,
-                             "face_size": self.face_size, "crop_box": self.crop_box,
-                             "keypoints68": self.keypoints68, "keypoints15": self.keypoints15}
-        for a, s in self.attributes.items():
-            d[a] = s
-            d[f"{a}_label"] = self.labels[a]
-        d["identity"], d["identity_similarity"] = self.identity, self.identity_similarity
-        if embedding:
-            d["embedding"] = self.embedding
+                             "face_size": self.face_size, "crop_box": self.crop_box}
+        for o in self.declared:
+            if o.kind == EMBEDDING and not embedding:
+                continue
+            if o.kind in (BINARY, REGRESSION) and o.name not in self.outputs:
+                continue
+            for col, _ in o.columns():
+                d[col] = self.outputs.get(col)
         return d
 
+    def __getattr__(self, name: str):  # keypoints68, embedding, identity, ...: a declared column's value
+        if name in ("outputs", "declared") or name.startswith("__"):
+            raise AttributeError(name)
+        if any(name == c for o in self.declared for c, _ in o.columns()):
+            return self.outputs.get(name)
+        raise AttributeError(f"FaceResult has no output {name!r}; declared: "
+                             f"{[c for o in self.declared for c, _ in o.columns()]}")
 
-def _floats(a) -> list[float]:
-    return [float(v) for v in np.asarray(a, np.float64).reshape(-1)]
+    @property
+    def attributes(self) -> dict[str, float]:
+        """Binary attribute scores that were computed, by name."""
+        return {o.name: self.outputs[o.name] for o in self.declared if o.kind == BINARY and o.name in self.outputs}
+
+    @property
+    def labels(self) -> dict[str, bool]:
+        return {a: self.outputs[f"{a}_label"] for a in self.attributes}
 
 
 class FaceAnalyzer:
-    """Detector + keypoint model + attribute/identity model (+ gallery), loaded once.
+    """A detector and a list of heads (+ a gallery for identity decisions), loaded once.
 
     Build with :meth:`load`. The object is also a callable for Ray Data's ``map_batches``
     (a batch dict with an ``image`` column) and for a Ray Serve replica (a list of images).
@@ -76,21 +92,28 @@ class FaceAnalyzer:
 
     def __init__(self, detector: BatchDetector, keypoints: KeypointHead | None = None,
                  attributes: AttributeHead | None = None, gallery=None,
-                 identity_threshold: float | None = None) -> None:
-        self.detector, self.keypoints, self.attributes, self.gallery = detector, keypoints, attributes, gallery
-        if gallery is not None and (attributes is None or not attributes.has_embedding):
-            raise ValueError("a gallery needs an attributes model with an identity embedding")
+                 identity_threshold: float | None = None, heads: Sequence[AnalyzerHead] = ()) -> None:
+        self.detector, self.gallery = detector, gallery
+        self.heads: list[AnalyzerHead] = [h for h in (keypoints, attributes) if h is not None] + list(heads)
+        declared = [o for h in self.heads for o in h.declares()]
+        if gallery is not None and self.embedding_head is None:
+            raise ValueError("a gallery needs a model with an identity embedding")
+        if any(o.kind == EMBEDDING for o in declared):
+            declared.append(IDENTITY)
+        self.outputs: list[Output] = ordered(declared)
         if identity_threshold is None and gallery is not None:
             identity_threshold = (gallery.metadata.get("threshold")
-                                  or attributes.meta.get("verification_threshold") or DEFAULT_IDENTITY_THRESHOLD)
+                                  or getattr(self.embedding_head, "meta", {}).get("verification_threshold")
+                                  or DEFAULT_IDENTITY_THRESHOLD)
         self.identity_threshold = identity_threshold
-        self.timings: dict[str, float] = {"detect": 0.0, "crop": 0.0, "keypoints": 0.0, "attributes": 0.0}
+        self.timings: dict[str, float] = {"detect": 0.0, "crop": 0.0,
+                                          **{_timing_key(h): 0.0 for h in self.heads}}
 
     @classmethod
     def load(cls, detector: str | BatchDetector = "mobilenet", keypoints: str | None = "keypoints68",
              attributes: str | None = "attributes", gallery: str | None = None, device: str = "cpu",
              identity_threshold: float | None = None, runtime: str | None = None,
-             **detector_options) -> "FaceAnalyzer":
+             heads: Sequence[str] = (), **detector_options) -> "FaceAnalyzer":
         """Load every model once.
 
         Args:
@@ -105,6 +128,7 @@ class FaceAnalyzer:
                 torch on CUDA), ``torch`` or ``onnxruntime``; ``None``: ``$FACEBATCH_CPU_RUNTIME``,
                 else ``auto``. onnxruntime falls back to torch with a warning if it cannot be used;
                 :meth:`describe` says which ran. The resnet50 detector runs in torch.
+            heads: more heads by registered name (``name`` or ``module:name``, :mod:`.registry`).
             **detector_options: :class:`~facebatch.detection.DetectorConfig` fields
                 (``score_threshold``, ``max_side``, ``weights_dir``, ...).
         """
@@ -116,14 +140,41 @@ class FaceAnalyzer:
             det.backend.prepare()  # export/check now, not in the first analyze call
         kp = KeypointHead.load(keypoints, device, runtime=runtime) if _wanted(keypoints) else None
         at = AttributeHead.load(attributes, device, runtime=runtime) if _wanted(attributes) else None
+        extra = [create_head(h, device=device, runtime=runtime) for h in heads]
         g = None
         if gallery:
             from ..attributes.gallery import Gallery
             from ..attributes.models import state_dict_sha256
-            if at is None:
-                raise ValueError("--gallery needs an attributes model with an identity embedding")
-            g = Gallery.load(gallery, expected_model_hash=state_dict_sha256(at.model))
-        return cls(det, kp, at, g, identity_threshold)
+            emb = next((h for h in (at, *extra) if h is not None and _has_embedding(h)), None)
+            if emb is None:
+                raise ValueError("--gallery needs a model with an identity embedding")
+            g = Gallery.load(gallery, expected_model_hash=state_dict_sha256(emb.model))
+        return cls(det, kp, at, g, identity_threshold, heads=extra)
+
+    # ------------------------------------------------------------------ heads
+    @property
+    def keypoints(self) -> KeypointHead | None:
+        """The keypoint model head, if one is loaded."""
+        return next((h for h in self.heads if isinstance(h, KeypointHead)), None)
+
+    @property
+    def attributes(self) -> AttributeHead | None:
+        """The attribute model head, if one is loaded."""
+        return next((h for h in self.heads if isinstance(h, AttributeHead)), None)
+
+    @property
+    def embedding_head(self) -> AnalyzerHead | None:
+        """The head whose ``embedding`` the gallery matches, if any."""
+        return next((h for h in self.heads if _has_embedding(h)), None)
+
+    @property
+    def attribute_names(self) -> list[str]:
+        """Binary attribute outputs, in row order."""
+        return [o.name for o in self.outputs if o.kind == BINARY]
+
+    def columns(self) -> list[tuple[str, str]]:
+        """``(column, dtype)`` of every declared output, in row order (:mod:`.outputs`)."""
+        return [c for o in self.outputs for c in o.columns()]
 
     # ------------------------------------------------------------------ provenance
     def describe(self) -> dict:
@@ -136,14 +187,13 @@ class FaceAnalyzer:
         if self.attributes:
             out["attributes"] = {**self.attributes.describe(), "attributes": self.attributes.attributes,
                                  "thresholds": self.attributes.thresholds}
+        for h in self.heads:
+            if not isinstance(h, (KeypointHead, AttributeHead)):
+                out.setdefault("heads", {})[h.name] = {**h.describe(), "outputs": [o.name for o in h.declares()]}
         if self.gallery is not None:
             out["gallery"] = {"people": len(self.gallery), "threshold": self.identity_threshold,
                               "source": self.gallery.metadata.get("source")}
         return out
-
-    @property
-    def attribute_names(self) -> list[str]:
-        return list(self.attributes.attributes) if self.attributes else []
 
     # ------------------------------------------------------------------ the path
     def detect(self, images: Sequence[np.ndarray]) -> list[list[Face]]:
@@ -163,8 +213,9 @@ class FaceAnalyzer:
         Args:
             images: the images.
             max_faces: keep only the largest N faces of each image (``None``: all).
-            keypoints, attributes, identity, embedding: skip parts per call (a model that was
-                not loaded is always skipped).
+            keypoints, attributes, identity, embedding: skip output kinds per call
+                (:data:`~.outputs.PARTS`: ``attributes`` covers binary and regression outputs);
+                a head none of whose outputs is asked for does not run.
             faces: detections already made for these images (skips the detector).
 
         Returns:
@@ -174,30 +225,34 @@ class FaceAnalyzer:
             faces = self.detect(images)
         if max_faces is not None:
             faces = [f[:max_faces] for f in faces]
-        flat = [(i, f) for i, fs in enumerate(faces) for f in fs]
-        results = [[] for _ in images]
-        if not flat:
+        batch = FaceBatch(images, [(i, f) for i, fs in enumerate(faces) for f in fs])
+        results: list[list[FaceResult]] = [[] for _ in images]
+        if not len(batch):
             return results
-        t = time.perf_counter()
-        crops = self._crops(images, flat)
-        self.timings["crop"] += time.perf_counter() - t
-        recs = []
-        for i, f in flat:
+        kinds = kinds_wanted(keypoints=keypoints, attributes=attributes, identity=identity, embedding=embedding)
+        decide = DECISION in kinds and self.gallery is not None
+        for head in self.heads:
+            wanted = {o.name for o in head.declares() if o.kind in kinds}
+            if decide and head is self.embedding_head:
+                wanted.add("embedding")
+            if wanted:
+                self._run_head(head, batch, wanted)
+        if decide:
+            names = self.gallery.match(np.asarray(batch.values["embedding"]), float(self.identity_threshold))
+            batch.values["identity"] = [n for n, _ in names]
+            batch.values["identity_similarity"] = [float(s) for _, s in names]
+        if EMBEDDING not in kinds:
+            for o in self.outputs:
+                if o.kind == EMBEDDING:
+                    batch.values.pop(o.name, None)
+        frame = next((h.input.frame for h in self.heads if getattr(h, "input", None) is not None), CropFrame())
+        for k, (i, f) in enumerate(batch.faces):
             x1, y1, x2, y2 = (float(v) for v in f.box)
-            recs.append(FaceResult(box=_floats(f.box), score=float(f.score), landmarks=_floats(f.landmarks),
-                                   face_size=min(x2 - x1, y2 - y1), crop_box=[]))
-            results[i].append(recs[-1])
-        if self.keypoints is not None and keypoints:
-            t = time.perf_counter()
-            self._run_keypoints(crops, recs)
-            self.timings["keypoints"] += time.perf_counter() - t
-        if self.attributes is not None and (attributes or identity or embedding):
-            t = time.perf_counter()
-            self._run_attributes(crops, recs, attributes, identity, embedding)
-            self.timings["attributes"] += time.perf_counter() - t
-        first = next(iter(crops.values()))
-        for r, cbox in zip(recs, first[0]):
-            r.crop_box = _floats(cbox)
+            outputs = {c: _plain(v[k]) for c, v in batch.values.items()}
+            results[i].append(FaceResult(box=floats(f.box), score=float(f.score), landmarks=floats(f.landmarks),
+                                         face_size=min(x2 - x1, y2 - y1),
+                                         crop_box=floats(square_crop_box(f.box, frame.margin)),
+                                         outputs=outputs, declared=self.outputs))
         return results
 
     def __call__(self, batch):
@@ -218,56 +273,43 @@ class FaceAnalyzer:
         return [[f.to_dict() for f in r] for r in self.analyze([np.asarray(im) for im in batch])]
 
     # ------------------------------------------------------------------ internals
-    def _frames(self) -> list[CropFrame]:
-        heads = [h for h in (self.keypoints, self.attributes) if h is not None]
-        return list(dict.fromkeys(h.input.frame for h in heads)) or [CropFrame()]
+    def _run_head(self, head: AnalyzerHead, batch: FaceBatch, wanted: set[str]) -> None:
+        """Run one head; keep the columns of the outputs asked for; time it (its crops apart)."""
+        frame = getattr(head, "input", None)
+        if frame is not None:
+            t = time.perf_counter()
+            batch.crops(frame.frame)
+            self.timings["crop"] += time.perf_counter() - t
+        t = time.perf_counter()
+        vals = head.run(batch, wanted)
+        self.timings[_timing_key(head)] += time.perf_counter() - t
+        keep = {c for o in head.declares() if o.name in wanted for c, _ in o.columns()}
+        for col, v in vals.items():
+            if col in keep:
+                if len(v) != len(batch):
+                    raise RuntimeError(f"head {head.name!r} gave {len(v)} values of {col!r} for {len(batch)} faces")
+                batch.values[col] = v
 
-    def _crops(self, images, flat) -> dict[CropFrame, tuple[list, list]]:
-        """Per distinct crop frame: (crop boxes, crops) of every face, cut once."""
-        out = {}
-        for frame in self._frames():
-            boxes, crops = [], []
-            for i, f in flat:
-                cbox, crop = face_crop(images[i], f.box, frame)
-                boxes.append(cbox)
-                crops.append(crop)
-            if frame.jpeg_quality:  # decode each JPEG once; every model resizes from the same pixels
-                crops = [decode_crop(c, frame.crop_size) for c in crops]
-            out[frame] = (boxes, crops)
-        return out
 
-    def _run_keypoints(self, crops, recs: list[FaceResult]) -> None:
-        head = self.keypoints
-        boxes, cr = crops[head.input.frame]
-        unit = head.predict(model_input(cr, head.input))
-        for r, u, cbox in zip(recs, unit, boxes):
-            pts = points_from_crop(u, cbox)
-            if head.scheme.name == "ibug68":
-                r.keypoints68 = _floats(pts)
-                r.keypoints15 = _floats(ibug68_to_kaggle15(pts[None])[0])
-            elif head.scheme.name == "kaggle15":
-                r.keypoints15 = _floats(pts)
+def _timing_key(head) -> str:
+    if isinstance(head, KeypointHead):
+        return "keypoints"
+    if isinstance(head, AttributeHead):
+        return "attributes"
+    return head.name
 
-    def _run_attributes(self, crops, recs, attributes: bool, identity: bool, embedding: bool) -> None:
-        head = self.attributes
-        _, cr = crops[head.input.frame]
-        want_emb = head.has_embedding and (embedding or (identity and self.gallery is not None))
-        out = head.outputs(model_input(cr, head.input), embedding=want_emb)
-        if attributes:
-            for a, s in out["scores"].items():
-                t = head.thresholds[a]
-                for r, v in zip(recs, s):
-                    r.attributes[a] = float(v)
-                    r.labels[a] = bool(v >= t)
-        emb = out["embedding"]
-        if emb is None:
-            return
-        if identity and self.gallery is not None:
-            for r, (name, sim) in zip(recs, self.gallery.match(emb, float(self.identity_threshold))):
-                r.identity, r.identity_similarity = name, float(sim)
-        if embedding:
-            for r, e in zip(recs, emb):
-                r.embedding = [float(v) for v in e]
+
+def _has_embedding(head) -> bool:
+    return any(o.kind == EMBEDDING and o.name == "embedding" for o in head.declares())
+
+
+def _plain(v):
+    """A per-face value as results carry it: arrays become float lists, numpy scalars Python."""
+    if isinstance(v, np.ndarray):
+        return [float(x) for x in v.reshape(-1)]
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
 
 
 def _wanted(model: str | None) -> bool:

@@ -4,7 +4,8 @@ kinds (:mod:`facebatch.models`), never from a model's name.
 
 A head takes the input batch built by :func:`facebatch.inference.inputs.model_input` for its
 own :class:`~facebatch.inference.inputs.InputSpec`; evaluation, enrollment, threshold fitting
-and the analyzer all call these.
+and the analyzer all call these. As analyzer heads (:class:`~facebatch.inference.registry.AnalyzerHead`)
+they declare their outputs by kind (:mod:`.outputs`) and fill them for a :class:`FaceBatch`.
 
 The networks' forward passes run in onnxruntime on CPU by default (:mod:`facebatch.ort`:
 ``runtime=`` or ``$FACEBATCH_CPU_RUNTIME``; torch on CUDA, and for the autoencoder's scores and
@@ -17,12 +18,20 @@ import math
 import numpy as np
 import torch
 
+from ..geometry import points_from_crop
 from ..keypoints.models import predict_with_flip
-from ..keypoints.schemes import get_scheme
+from ..keypoints.schemes import get_scheme, ibug68_to_kaggle15
 from ..modelio import load_model as _load_file
 from ..models import ATTRIBUTE_LOGITS, BINARY_LOGITS, EMBEDDING, POINTS, RECONSTRUCTION, get_spec
 from ..ort import accelerate
-from .inputs import InputSpec
+from .inputs import InputSpec, model_input
+from .outputs import BINARY, EMBEDDING as EMBEDDING_KIND, KEYPOINTS, Output
+from .registry import FaceBatch
+
+
+def floats(a) -> list[float]:
+    """Any array -> a flat list of Python floats (the form results and rows carry)."""
+    return [float(v) for v in np.asarray(a, np.float64).reshape(-1)]
 
 
 def load_model(name_or_path: str, device: str = "cpu", task: str | None = None):
@@ -88,6 +97,22 @@ class KeypointHead(_Head):
         y = predict_with_flip(self.runner, x, self.scheme) if self.flip else self.runner(x)
         return y.float().view(len(x), -1, 2).cpu().numpy()
 
+    def declares(self) -> list[Output]:
+        """``keypoints68`` (+ ``keypoints15`` derived from it) for iBUG-68 models; ``keypointsK``
+        for a K-point scheme."""
+        if self.scheme.name == "ibug68":
+            return [Output("keypoints68", KEYPOINTS, "68 iBUG points"),
+                    Output("keypoints15", KEYPOINTS, "15 Kaggle points derived from the 68")]
+        return [Output(f"keypoints{len(self.scheme.point_names)}", KEYPOINTS, f"{self.scheme.name} points")]
+
+    def run(self, faces: FaceBatch, wanted: set[str]) -> dict[str, list]:
+        boxes, crops = faces.crops(self.input.frame)
+        pts = [points_from_crop(u, cbox) for u, cbox in zip(self.predict(model_input(crops, self.input)), boxes)]
+        if self.scheme.name == "ibug68":
+            return {"keypoints68": [floats(p) for p in pts],
+                    "keypoints15": [floats(ibug68_to_kaggle15(p[None])[0]) for p in pts]}
+        return {self.declares()[0].name: [floats(p) for p in pts]}
+
 
 class AttributeHead(_Head):
     """An attribute and/or identity model.
@@ -144,6 +169,24 @@ class AttributeHead(_Head):
             if embedding and EMBEDDING in outs:
                 emb = self.model.embed(x).float().cpu().numpy()
         return {"scores": scores, "embedding": emb}
+
+    def declares(self) -> list[Output]:
+        """One binary output per attribute, and ``embedding`` if the model has one."""
+        outs = [Output(a, BINARY, f"score >= {self.thresholds[a]:.4g}") for a in self.attributes]
+        if self.has_embedding:
+            outs.append(Output("embedding", EMBEDDING_KIND, f"{self.info['model']} identity embedding"))
+        return outs
+
+    def run(self, faces: FaceBatch, wanted: set[str]) -> dict[str, list]:
+        out = self.outputs(faces.input(self.input), embedding=self.has_embedding and "embedding" in wanted)
+        res: dict[str, list] = {}
+        for a, s in out["scores"].items():
+            if a in wanted:
+                res[a] = [float(v) for v in s]
+                res[f"{a}_label"] = [bool(v >= self.thresholds[a]) for v in s]
+        if out["embedding"] is not None:
+            res["embedding"] = out["embedding"]
+        return res
 
     def scores(self, x: torch.Tensor) -> dict[str, np.ndarray]:
         return self.outputs(x, embedding=False)["scores"]
