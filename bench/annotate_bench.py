@@ -124,7 +124,7 @@ def make_big(dst: Path, sources: list[Path], n: int) -> list[Path]:
 
 def decode_times(files: list[Path]) -> dict:
     """CPU milliseconds per image of the job's decode, full size and at the draft scale."""
-    from facebatch.annotate.decode import decode_scaled
+    from facebatch.imaging import decode_scaled
     datas = [f.read_bytes() for f in files]
     res = {}
     for mode, side in (("full", None), ("draft", 640)):

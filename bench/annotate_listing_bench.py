@@ -135,6 +135,7 @@ def list_before(src: str, options: dict):
     import pyarrow as pa
 
     from facebatch.annotate import state as ST
+    from facebatch.batch.listing import etag_of, mtime_of
     from facebatch.formats.sources import list_inputs
     from facebatch.storage import filesystem
     records, listing = list_inputs(src, "folder", None, filesystem=filesystem(src, options)[0])
@@ -142,9 +143,9 @@ def list_before(src: str, options: dict):
     for rec in records:
         info = listing.info.get(rec.path) or {}
         paths.append(rec.path)
-        etags.append(ST._etag(info))
+        etags.append(etag_of(info))
         sizes.append(info.get("size"))
-        mtimes.append(ST._mtime(info))
+        mtimes.append(mtime_of(info))
     del records
     t = pa.Table.from_arrays([pa.array(paths, pa.string()), pa.array(etags, pa.string()),
                               pa.array(sizes, pa.int64()), pa.array(mtimes, pa.float64())], schema=ST.LISTING_SCHEMA)
@@ -153,7 +154,7 @@ def list_before(src: str, options: dict):
 
 def child(case: str, n_keys: int, tmp: str) -> dict:
     from facebatch.annotate import state as ST
-    from facebatch.preprocess.shards import plan_shards
+    from facebatch.batch.shards import plan_shards
     patch_s3fs(n_keys)
     out = {"case": case, "keys": n_keys, "rss_after_imports_mb": round(rss_mb(), 1)}
     options = {"key": "x", "secret": "y", "client_kwargs": {"endpoint_url": "http://127.0.0.1:9"}}

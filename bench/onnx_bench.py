@@ -12,7 +12,7 @@ with 1 and 2 threads, alternating torch and onnxruntime, median of ``--reps`` ca
 
 The issue's bar to adopt a runtime: at least 1.3x faster than torch, outputs within 1e-3.
 
-``--facebatch`` times the adopted runtime through facebatch itself (``facebatch.ort``):
+``--facebatch`` times the adopted runtime through facebatch itself (``facebatch.runtime``):
 the detector backend's ``network``, ``KeypointHead.predict`` and ``AttributeHead.outputs`` (flip
 test included) per call,
 ``runtime="torch"`` against ``runtime="onnxruntime"``, and ``FaceAnalyzer.analyze`` images/s

@@ -1,6 +1,11 @@
-"""The one schema of facebatch's Parquet tables. Writers and readers import names from here.
+"""The schema of the preprocess Parquet table (detected, cropped faces with their labels), which
+training and evaluation read; and the column names and row statuses shared by every facebatch table.
 
-One row per input image (or per face with ``--all-faces``). Every row has a ``status``;
+The annotate output has a schema of its own, in :mod:`facebatch.annotate.rows`; it takes the
+column names and statuses it shares with this table from here. Writers and readers of either
+import names from here rather than spelling them.
+
+Preprocess rows: one per input image (or per face with ``--all-faces``). Every row has a ``status``;
 rows that failed keep their path and error so nothing is lost. Coordinates are floats in
 pixels of the original image (after EXIF orientation) unless the column says ``crop``
 (pixels of the square crop) or ``norm`` ([0, 1] in the crop).

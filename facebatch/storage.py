@@ -29,7 +29,7 @@ def storage_options(endpoint_url: str | None = None) -> dict[str, Any]:
     if endpoint:
         opts["client_kwargs"] = {"endpoint_url": endpoint}
     # botocore's own retries stay short (3 attempts, about 3 s); longer outages are retried by the
-    # jobs with backoff for --retry-seconds (facebatch.preprocess.shards.call_with_retries)
+    # jobs with backoff for --retry-seconds (facebatch.batch.retry.call_with_retries)
     opts["config_kwargs"] = {"retries": {"max_attempts": 3, "mode": "standard"}}
     return opts
 

@@ -3,16 +3,13 @@
     ray job submit --address http://HEAD:8265 --working-dir . -- \
         python jobs/annotate.py --input s3://bucket/photos --output s3://bucket/annotations
 
-Inside a submitted job RAY_ADDRESS is set, so the job joins that cluster.
-
-Only the annotate subcommand's parser is built: the command line's other subcommands import
-torch (through preprocess and the model heads), which the annotate driver does not need; it
-starts Ray seconds sooner without it.
+Inside a submitted job RAY_ADDRESS is set, so the job joins that cluster. The driver does not
+import torch (only the analyzer actors need it): `facebatch.cli.main` builds only the named
+subcommand's parser (tests/test_annotate_startup.py checks it).
 """
 import sys
 
-import facebatch.cli as cli
+from facebatch.cli import main
 
 if __name__ == "__main__":
-    cli.SUBCOMMANDS = {"annotate": cli.SUBCOMMANDS["annotate"]}
-    sys.exit(cli.main(["annotate", *sys.argv[1:]]))
+    sys.exit(main(["annotate", *sys.argv[1:]]))

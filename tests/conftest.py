@@ -82,6 +82,22 @@ def ray_session():
     ray.shutdown()
 
 
+@pytest.fixture(autouse=True)
+def release_ray_train_runs(request):
+    """Stop the Ray Train actors a test leaves behind. Ray Train's Ctrl-C handler holds its run's
+    TrainController (and, through it, the data SplitCoordinators) until another handler replaces it:
+    they stayed alive for the rest of the session. facebatch's ``train`` puts the previous handler back
+    after a run; for any other ``fit`` a test makes, this does, and Ray then stops those actors."""
+    if "ray_session" not in request.fixturenames:
+        yield
+        return
+    import signal
+    before = signal.getsignal(signal.SIGINT)
+    yield
+    if before is not None and signal.getsignal(signal.SIGINT) is not before:
+        signal.signal(signal.SIGINT, before)
+
+
 @pytest.fixture(scope="session")
 def s3_server():
     """moto's S3 server on 127.0.0.1 (a real HTTP S3 API; Ray workers are other processes)."""

@@ -113,7 +113,7 @@ def test_rows_equal_face_analyzer(mixed_run):
     so an image's answer does not depend on what else was in the job's batch: each image is given
     to the analyzer by itself here. The 3200x2400 photo is left out: the job detects it at 1/4 scale
     (checked in ``test_big_photo_decoded_small_keeps_original_pixels``)."""
-    from facebatch.annotate.decode import decode_scaled
+    from facebatch.imaging import decode_scaled
     from facebatch.inference import FaceAnalyzer
     fa = FaceAnalyzer.load()
     by = {}
@@ -171,7 +171,7 @@ def test_big_photo_decoded_small_keeps_original_pixels(mixed_run):
 
 def test_keypoints_reproduce_evaluate_nme(mixed_run, udacity_subset, tmp_path):
     """On udacity68 the annotated keypoints68 of the largest face give the evaluate command's NME."""
-    from facebatch.evaluation.keypoints import evaluate_keypoints
+    from facebatch.evaluation.cli import evaluate_keypoints
     from facebatch.formats.udacity68 import read_udacity68_csv
     from facebatch.keypoints.metrics import nme_interocular
     labels = read_udacity68_csv(str(udacity_subset / "training_frames_keypoints.csv"))

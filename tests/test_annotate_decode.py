@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from facebatch.annotate.config import AnnotateConfig
-from facebatch.annotate.decode import crop_scale, decode_scaled
+from facebatch.imaging import crop_scale, decode_scaled
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -83,18 +83,21 @@ def big_photos(udacity_root, mobilenet_detector, tmp_path_factory):
 
 def _run_worker(paths, tmp_path, decode: str, needs=None, crops: bool = False):
     """The annotate worker of one shard, in this process; rows by (file name, face_index)."""
+    import json
+
     from facebatch.annotate.pipeline import AnnotateWorker
     from facebatch.annotate.read import read_object
-    from facebatch.preprocess.shards import RetryPolicy
+    from facebatch.batch.retry import RetryPolicy
+    from facebatch.batch.sink import ParquetSink
     cfg = AnnotateConfig(input="in", output="out", decode=decode, crops=crops).validate()
     folder = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
     folder.mkdir()
-    w = AnnotateWorker(cfg.to_dict(), 1, "run", str(folder), {}, {})
+    w = AnnotateWorker(cfg.to_dict(), 1, "run", ParquetSink(str(folder)), {})
     if needs is not None:
         w.crop_needs = needs
     objs = [{"path": str(p), "etag": None, "size": os.stat(p).st_size, "mtime": os.stat(p).st_mtime} for p in paths]
     payload = pickle.dumps([read_object(o, {}, RetryPolicy(budget_s=5)) for o in objs], protocol=5)
-    stats = w.process(0, payload)
+    stats = json.loads(w({"shard_id": [0], "payload": [payload], "read_s": [0.0]})["stats"][0])
     stats["crop_needs"] = w.crop_needs
     t = pa.concat_tables([pq.read_table(f) for f in sorted(folder.glob("*.parquet"))])
     return {(Path(r["path"]).name, r["face_index"]): r for r in t.to_pylist()}, stats

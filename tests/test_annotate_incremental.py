@@ -20,6 +20,7 @@ from facebatch.annotate.config import AnnotateConfig
 from facebatch.annotate.lock import LockHeld, RunLock
 from facebatch.annotate.pipeline import run_annotate
 from facebatch.annotations import read_latest
+from facebatch.inference.config import AnalyzerConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -49,7 +50,7 @@ def test_nightly_scenario_on_s3(ray_session, s3, udacity_root):
     for p in first:
         fs.pipe(f"{bucket}/in/{p.name}", p.read_bytes())
     src, dst = f"s3://{bucket}/in", f"s3://{bucket}/out"
-    cfg = dict(input=src, output=dst, keypoints=None, shard_size=16)
+    cfg = dict(input=src, output=dst, analyzer=AnalyzerConfig(keypoints=None), shard_size=16)
 
     s1 = run_annotate(AnnotateConfig(**cfg))
     assert (s1["listed"], s1["new"], s1["processed"], s1["deleted"]) == (N1, N1, N1, 0)
@@ -137,7 +138,7 @@ def test_kill_9_mid_run_then_rerun(ray_session, udacity_root, tmp_path):
     killed = [d for d in out.glob("dt=*/run=*") if not (d / "_SUCCESS").exists()]
     assert killed and read_latest(str(out)).num_rows == 0  # readers ignore the unfinished run
 
-    cfg = dict(keypoints=None, shard_size=3)
+    cfg = dict(analyzer=AnalyzerConfig(keypoints=None), shard_size=3)
     s = run_annotate(AnnotateConfig(input=str(inp), output=str(out), **cfg))
     assert s["processed"] == 24 and s["recovered"]["removed_runs"] == [killed[0].name[len("run="):]]
     assert not killed[0].exists()

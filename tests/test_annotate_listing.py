@@ -13,8 +13,9 @@ import pytest
 
 from facebatch.annotate import state as ST
 from facebatch.annotate.read import read_object
+from facebatch.batch.listing import etag_of, mtime_of
+from facebatch.batch.retry import RetryPolicy
 from facebatch.formats.sources import list_inputs
-from facebatch.preprocess.shards import RetryPolicy
 from facebatch.storage import storage_options
 
 
@@ -31,8 +32,8 @@ def _tree(root) -> None:
 def _expected(src: str, fs=None):
     """The listing as the preprocess lister sees it (one record and info dict per file)."""
     records, listing = list_inputs(src, "folder", None, filesystem=fs)
-    rows = [(r.path, ST._etag(listing.info[r.path]), listing.info[r.path].get("size"),
-             ST._mtime(listing.info[r.path])) for r in records]
+    rows = [(r.path, etag_of(listing.info[r.path]), listing.info[r.path].get("size"),
+             mtime_of(listing.info[r.path])) for r in records]
     return sorted(rows), listing.report()
 
 

@@ -26,18 +26,21 @@ def _heavy_after(code: str) -> list[str]:
 def test_driver_modules_do_not_import_torch():
     """Everything the annotate driver imports (options, config, listing and state, the Ray Data job,
     the read stage, the report, Ray and Ray Data themselves) is torch-free; so is
-    ``facebatch.detection`` for ``DetectorConfig``."""
+    ``facebatch.detection`` for ``DetectorConfig`` and its backend registry, and ``facebatch.inference``
+    for ``AnalyzerConfig``."""
     code = """
 import facebatch.cli as cli
-cli.SUBCOMMANDS = {"annotate": cli.SUBCOMMANDS["annotate"]}
-args = cli.build_parser().parse_args(["annotate", "--input", "in", "--output", "out", "--max-side", "800"])
+args = cli.build_parser(only="annotate").parse_args(["annotate", "--input", "in", "--output", "out", "--max-side", "800"])
 from facebatch.annotate.cli import config_from_args
 cfg = config_from_args(args).validate()
-assert cfg.detector.max_side == 800
+assert cfg.analyzer.detector.max_side == 800 and cfg.analyzer.device == cfg.analyzer.detector.device == "cpu"
 import facebatch.annotate.pipeline, facebatch.annotate.read, facebatch.annotate.report, facebatch.annotations
-import facebatch.detection, facebatch.provenance, facebatch.raycluster
+import facebatch.detection, facebatch.detection.options, facebatch.inference, facebatch.provenance, facebatch.raycluster
 import ray, ray.data
-from facebatch.detection import BACKENDS, DetectorConfig, Face, LANDMARK_NAMES
+from facebatch.detection import BACKENDS, DetectorConfig, Face, LANDMARK_NAMES, backend_spec
+from facebatch.inference import AnalyzerConfig
+AnalyzerConfig.from_dict(cfg.analyzer.to_dict()).validate()
+assert backend_spec("resnet50").extra_dirs()
 """
     assert _heavy_after(code) == []
 

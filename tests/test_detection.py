@@ -89,6 +89,21 @@ def test_large_image_is_downscaled_and_mapped_back(mobilenet_detector, udacity_s
     assert np.median(landmark_errors(face, pts * 4)) <= 0.15
 
 
+def test_config_travels_whole_and_gives_the_same_faces(mobilenet_detector, udacity_sample):
+    """``create_detector(DetectorConfig)`` (the config as actors get it, through JSON) gives the
+    detector the backend name and keyword options give: same config, same faces."""
+    import json
+
+    from facebatch.detection import DetectorConfig
+    wd = str(mobilenet_detector.backend.weights_path.parent)
+    cfg = DetectorConfig.from_dict(json.loads(json.dumps(DetectorConfig(max_side=320, weights_dir=wd).to_dict())))
+    a, b = create_detector(cfg), create_detector("mobilenet", max_side=320, weights_dir=wd)
+    assert a.config == b.config == cfg and a.info == b.info
+    images = [img for _, img, _ in udacity_sample[:3]]
+    for fa, fb in zip(a.detect(images, exact=True), b.detect(images, exact=True)):
+        assert len(fa) == len(fb) and all(np.array_equal(x.box, y.box) for x, y in zip(fa, fb))
+
+
 def test_genki_faces_found(mobilenet_detector, genki_root):
     files = sorted((genki_root / "files").glob("*.jpg"))[::40]  # 100 unaligned photos
     results = mobilenet_detector.detect([_load(f) for f in files])

@@ -31,7 +31,7 @@ def _link(root: Path, part: str, person: Path, files) -> None:
 @pytest.fixture(scope="module")
 def identity_eval(ray_session, celeba_root, tmp_path_factory):
     """8 unseen (hashed val) people x 12 photos for the pairs, 2 trained people x 3 photos for the gallery."""
-    from facebatch.evaluation.identity import evaluate_identity
+    from facebatch.evaluation.cli import evaluate_identity  # raw datasets: preprocessed first
     from facebatch.modelio import read_model_file, resolve_model_path
     known = set(read_model_file(resolve_model_path("attributes"))["meta"]["identities"])
     people = sorted(p for p in (celeba_root / "train_dataset").iterdir() if p.is_dir())  # it holds a .DS_Store

@@ -21,7 +21,7 @@ def test_match_labelled_face_picks_the_box_holding_the_points():
 def test_evaluate_keypoints_scores_the_labelled_face_in_a_group_photo(ray_session, udacity_root, celeba_root,
                                                                      tmp_path):
     """A udacity68 frame pasted beside a larger CelebA face: the labels belong to the smaller one."""
-    from facebatch.evaluation.keypoints import evaluate_keypoints
+    from facebatch.evaluation.cli import evaluate_keypoints  # raw datasets: preprocessed first
     with open(udacity_root / "training_frames_keypoints.csv") as f:
         rows = sorted(list(csv.reader(f)))
     picked = [r for r in rows if r[0].endswith(".jpg")][::700][:4]
@@ -54,7 +54,7 @@ def test_evaluate_with_degrade_moves_labels_and_records_the_spec(ray_session, ud
     import pytest
 
     from conftest import udacity_layout
-    from facebatch.evaluation.keypoints import evaluate_keypoints
+    from facebatch.evaluation.cli import evaluate_keypoints  # raw datasets: preprocessed first
     root = udacity_layout(tmp_path / "u", udacity_root, lambda body: body[::500][:6])
     m = evaluate_keypoints("keypoints68", str(root), "udacity68", str(tmp_path / "ev"), degrade="scale=0.5")
     assert m["degrade"]["scale"] == 0.5 and m["n_images"] == 6
@@ -92,3 +92,25 @@ def test_preprocess_rows_take_the_labelled_face_not_the_largest():
     assert row[S.BOX] == [200, 200, 380, 380] and row[S.KEYPOINTS_NORM] is None and "match no detected" in row[S.ERROR]
     rows = rows_for_image(base, image, [big, small], rec, CropConfig(crop_size=64, keep_crops=False, all_faces=True))
     assert len(rows) == 2
+
+
+def test_a_raw_dataset_needs_the_preprocess_step_passed_in(tmp_path):
+    """Evaluation does not import the preprocess job: without ``prepare`` a raw dataset is refused,
+    naming the way out; with one, it is called with the evaluation's options."""
+    import pytest
+
+    from facebatch.evaluation.common import load_rows
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    with pytest.raises(ValueError, match="prepare=facebatch.evaluation.cli.preprocess_raw"):
+        load_rows(str(raw), "udacity68", tmp_path / "ev")
+    calls = []
+
+    def prepare(src, output, fmt, **options):
+        calls.append((src, output, fmt, options))
+        raise RuntimeError("stop here")
+    with pytest.raises(RuntimeError, match="stop here"):
+        load_rows(str(raw), "udacity68", tmp_path / "ev", limit=3, all_faces=True, prepare=prepare)
+    assert calls == [(str(raw), str(tmp_path / "ev" / "preprocess"), "udacity68",
+                      {"labels": None, "limit": 3, "crop_size": 256, "all_faces": True, "degrade": None,
+                       "address": None})]

@@ -3,7 +3,9 @@
 core (geometry, imaging, formats, detection, keypoints, attributes, models, ...) -> inference ->
 jobs and services (preprocess, annotate, serve, evaluation, training, commands) -> cli.
 A module may import its own layer and the layers below it, never one above; no two modules
-import each other. Function-level imports count too: they are only there to delay loading
+import each other. Job packages do not import each other either: what two jobs share goes down
+into core or inference, and only the top layer (``facebatch/cli.py`` and any ``.cli`` module)
+wires one job to another. Function-level imports count too: they are only there to delay loading
 torch or Ray, not to hide an upward dependency.
 """
 from __future__ import annotations
@@ -13,13 +15,15 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "facebatch"
 LAYERS = {
-    0: {"geometry", "imaging", "degrade", "formats", "detection", "keypoints", "attributes", "models", "modelio", "ort", "schema",
-        "storage", "weights", "paths", "provenance", "raycluster", "release", "configs", "__init__"},
+    0: {"geometry", "imaging", "degrade", "formats", "detection", "keypoints", "attributes", "models", "modelio", "runtime", "schema",
+        "storage", "weights", "paths", "provenance", "raycluster", "release", "configs", "plots", "jsonsafe",
+        "identity", "batch", "__init__"},
     1: {"inference"},
     2: {"preprocess", "annotate", "annotations", "serve", "evaluation", "training", "commands"},
     3: {"cli", "__main__"},
 }
 LAYER_OF = {name: level for level, names in LAYERS.items() for name in names}
+JOB_PACKAGES = {"annotate", "preprocess", "serve", "evaluation", "training", "commands"}
 
 
 def _module_name(path: Path) -> str:
@@ -94,3 +98,32 @@ def test_the_checker_sees_relative_and_function_level_imports(tmp_path):
     src = ast.parse("def f():\n    from .inference import FaceAnalyzer\n")
     assert any(isinstance(n, ast.ImportFrom) and n.level == 1 for n in ast.walk(src))
     assert "facebatch.inference.analyzer" in _imports(PKG / "inference" / "__init__.py")
+
+
+def _job(mod: str) -> str | None:
+    """The job package ``mod`` belongs to; None outside them and for ``.cli`` modules (the top layer)."""
+    return None if mod.endswith(".cli") or _top(mod) not in JOB_PACKAGES else _top(mod)
+
+
+def _sideways(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{mod} -> {d}" for mod, deps in graph.items() for d in deps
+                  if _job(mod) and _job(d) and _job(d) != _job(mod))
+
+
+def test_job_packages_do_not_import_each_other():
+    bad = _sideways(_graph())
+    assert not bad, ("imports between job packages (move what they share into core or inference, or wire "
+                     "it in a .cli module):\n" + "\n".join(bad))
+
+
+def test_the_checker_sees_imports_between_job_packages():
+    """The job rule must be able to fail, and must leave the top layer and in-package imports alone."""
+    assert JOB_PACKAGES <= set(LAYERS[2])
+    graph = {"facebatch.evaluation.common": {"facebatch.preprocess.pipeline", "facebatch.evaluation.keypoints",
+                                             "facebatch.inference", "facebatch.geometry"},
+             "facebatch.annotate.pipeline": {"facebatch.commands.detect"},
+             "facebatch.evaluation.cli": {"facebatch.preprocess.pipeline"},
+             "facebatch.cli": {"facebatch.training.cli", "facebatch.serve.app"}}
+    assert _sideways(graph) == ["facebatch.annotate.pipeline -> facebatch.commands.detect",
+                                "facebatch.evaluation.common -> facebatch.preprocess.pipeline"]
+    assert "facebatch.plots" in _imports(PKG / "training" / "run.py")  # a function-level import, seen

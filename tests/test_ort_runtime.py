@@ -111,7 +111,7 @@ def test_analyzer_onnxruntime_and_torch_agree_on_real_photos(analyzers, photos):
 def test_falls_back_to_torch_when_onnxruntime_is_missing(monkeypatch, caplog, mobilenet_weights, photos, analyzers):
     from facebatch.inference import FaceAnalyzer
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # "import onnxruntime" raises ImportError
-    with caplog.at_level(logging.WARNING, logger="facebatch.ort"):
+    with caplog.at_level(logging.WARNING, logger="facebatch.runtime"):
         fa = FaceAnalyzer.load(runtime="onnxruntime", attributes=None, weights_path=str(mobilenet_weights))
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("detector" in m and "onnxruntime is not installed" in m for m in warnings), warnings
@@ -130,7 +130,7 @@ def test_export_is_cached_reused_and_needs_onnx_only_to_export(monkeypatch, tmp_
     from facebatch.detection.mobilenet_backend import MobileNetBackend
     monkeypatch.setenv("FACEBATCH_CACHE_DIR", str(tmp_path))
     cache = tmp_path / "onnx"
-    caplog.set_level(logging.WARNING, logger="facebatch.ort")
+    caplog.set_level(logging.WARNING, logger="facebatch.runtime")
     be = MobileNetBackend(weights_path=str(mobilenet_weights), runtime="torch")
 
     def setup() -> dict:
@@ -164,7 +164,7 @@ def test_export_is_cached_reused_and_needs_onnx_only_to_export(monkeypatch, tmp_
 
 def test_runtime_choice(monkeypatch, caplog, mobilenet_weights):
     from facebatch.detection.mobilenet_backend import MobileNetBackend
-    from facebatch.ort import requested_runtime
+    from facebatch.runtime import requested_runtime
     with pytest.raises(ValueError, match="unknown runtime"):
         requested_runtime("tensorrt")
     monkeypatch.setenv("FACEBATCH_CPU_RUNTIME", "torch")
@@ -172,7 +172,7 @@ def test_runtime_choice(monkeypatch, caplog, mobilenet_weights):
     be = MobileNetBackend(weights_path=str(mobilenet_weights))
     assert be.runtime_info == {"runtime": "torch", "requested": "torch"}
     monkeypatch.setenv("FACEBATCH_CPU_RUNTIME", "bogus")
-    with caplog.at_level(logging.WARNING, logger="facebatch.ort"):
+    with caplog.at_level(logging.WARNING, logger="facebatch.runtime"):
         assert requested_runtime() == "auto"
     assert any("FACEBATCH_CPU_RUNTIME" in r.getMessage() for r in caplog.records)
     monkeypatch.delenv("FACEBATCH_CPU_RUNTIME")

@@ -8,12 +8,14 @@ import time
 
 import pytest
 
-from facebatch.preprocess.config import PreprocessConfig, plan_workers
-from facebatch.preprocess.progress import Progress
-from facebatch.preprocess.shards import (
-    MARKER_VERSION, OutputCheckError, RetriesExhausted, RetryPolicy, call_with_retries, check_output_paths,
-    input_fingerprint, is_transient, plan_resume, plan_shards, shard_inputs_hash,
-)
+from facebatch.batch.check import OutputCheckError, check_output_paths
+from facebatch.batch.listing import input_fingerprint
+from facebatch.batch.progress import Progress
+from facebatch.batch.retry import RetriesExhausted, RetryPolicy, call_with_retries
+from facebatch.batch.shards import MARKER_VERSION, plan_resume, plan_shards, shard_inputs_hash
+from facebatch.batch.workers import plan_workers
+from facebatch.preprocess.config import PreprocessConfig
+from facebatch.storage import is_transient
 
 
 def _hashes(paths, size=10):

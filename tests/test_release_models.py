@@ -40,7 +40,7 @@ def test_release_models_ship():
     ("keypoints15", {"nme_interocular": 0.07, "rmse_norm": 0.025, "mae_px": 1.8}),
 ])
 def test_shipped_keypoint_models_on_held_out_people(ray_session, udacity_val_people, tmp_path, model, bounds):
-    from facebatch.evaluation.keypoints import evaluate_keypoints
+    from facebatch.evaluation.cli import evaluate_keypoints
     m = evaluate_keypoints(model, str(udacity_val_people), "udacity68", str(tmp_path / "ev"))
     assert m["n_images"] == 30 and m["failed"] == 0
     for k, hi in bounds.items():
@@ -51,7 +51,7 @@ def test_shipped_keypoint_models_on_held_out_people(ray_session, udacity_val_peo
 
 def test_shipped_attribute_model_on_celeba_test_photos(ray_session, celeba_root, tmp_path):
     """Test-folder photos: every eyeglasses positive of 40 people plus their first two photos."""
-    from facebatch.evaluation.attributes import evaluate_attributes
+    from facebatch.evaluation.cli import evaluate_attributes
     from facebatch.formats.labelfiles import parse_celeba_attrs
     attrs = parse_celeba_attrs((celeba_root / "list_attr_celeba.txt").read_text(), "attrs")
     root = tmp_path / "celeba"
@@ -76,7 +76,7 @@ def test_shipped_attribute_model_on_celeba_test_photos(ray_session, celeba_root,
 def test_shipped_attribute_model_recognises_people_it_was_trained_on(ray_session, celeba_root, tmp_path):
     """15 people of the model's identity list: their train_dataset photos form the gallery, their
     test_dataset photos (never trained on) are the probes, through the raw celeba path."""
-    from facebatch.evaluation.identity import evaluate_identity
+    from facebatch.evaluation.cli import evaluate_identity
     from facebatch.modelio import read_model_file, resolve_model_path
     known = read_model_file(resolve_model_path("attributes"))["meta"]["identities"]
     people = sorted(known)[::11][:15]
@@ -97,7 +97,7 @@ def test_shipped_identity_embedding_tells_apart_people_it_never_saw(ray_session,
     through the raw celeba path: same/different pairs of their photos. The old trained-head
     embedding scored 0.769 here, the LDA embedding 0.82; 0.80 leaves room for run-to-run noise
     while failing an embedding that lost the projection."""
-    from facebatch.evaluation.identity import evaluate_identity
+    from facebatch.evaluation.cli import evaluate_identity
     from facebatch.modelio import read_model_file, resolve_model_path
     obj = read_model_file(resolve_model_path("attributes"))
     known = set(obj["meta"]["identities"])

@@ -270,7 +270,8 @@ def test_command_serves_until_ctrl_c(tmp_path, mobilenet_weights):
         assert requests.get(f"http://127.0.0.1:{CLI_PORT}/v1/health", timeout=30).status_code == 200
         r = requests.post(f"http://127.0.0.1:{CLI_PORT}/v1/annotate", headers=AUTH, timeout=60,
                           data=badimages._jpeg(np.asarray(badimages.load_faces()[0])))
-        assert r.status_code == 200 and len(r.json()["faces"]) == 1 and "keypoints68" in r.json()["faces"][0]
+        assert r.status_code == 200 and len(r.json()["faces"]) == 1 and "box" in r.json()["faces"][0]
+        assert "keypoints68" not in r.json()["faces"][0]  # no keypoint model, no keypoint field
         children = psutil.Process(proc.pid).children(recursive=True)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=120) == 0

@@ -19,9 +19,20 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 # ---------------------------------------------------------------------------------- options
 def test_options_from_strings_and_unknown_keys():
     o = ServeOptions.from_dict({"max_batch_size": "8", "insecure": "true", "autoscale": "1:3",
-                                "detector_options": '{"max_side": 320}', "gallery": "none"})
-    assert (o.max_batch_size, o.insecure, o.autoscale_range(), o.detector_options, o.gallery) == \
-        (8, True, (1, 3), {"max_side": 320}, None)
+                                "detector_options": '{"max_side": 320}', "gallery": "none", "keypoints": "none",
+                                "identity_threshold": "0.4", "device": "cpu"})
+    a = o.analyzer
+    assert (o.max_batch_size, o.insecure, o.autoscale_range(), a.detector.max_side, a.gallery, a.keypoints) == \
+        (8, True, (1, 3), 320, None, None)
+    assert a.identity_threshold == 0.4 and a.attributes == "attributes" and a.detector.backend == "mobilenet"
+    # the whole analyzer config travels to the replicas and comes back the same
+    assert ServeOptions.from_dict(o.to_dict(secrets=True)) == o
+    assert ServeOptions.from_dict({"analyzer": json.dumps(a.to_dict()), "detector": "resnet50"}).analyzer.detector \
+        .backend == "resnet50"
+    with pytest.raises(ValueError, match="unknown detector option"):
+        ServeOptions.from_dict({"detector_options": {"max_sid": 3}})
+    with pytest.raises(ValueError, match="unknown detector backend"):
+        ServeOptions.from_dict({"detector": "yolo"})
     with pytest.raises(ValueError, match="max_batch_sise"):
         ServeOptions.from_dict({"max_batch_sise": 8})
     with pytest.raises(ValueError, match="MIN:MAX"):
@@ -53,6 +64,9 @@ def test_loopback_and_exposure():
         check_exposure("0.0.0.0", None, ServeOptions())
     with pytest.raises(RuntimeError, match="require_token"):
         check_exposure("127.0.0.1", None, ServeOptions(require_token=True))
+    check_exposure(None, None, ServeOptions())  # at start-up: where requests come in is not known yet
+    with pytest.raises(RuntimeError, match="require_token"):
+        check_exposure(None, None, ServeOptions(require_token=True))
 
 
 def test_command_refuses_public_host_without_token(monkeypatch, capsys, forbid_ray_init):
@@ -150,7 +164,7 @@ class Overloaded(Exception):
     pass
 
 
-def call(api, method, path, body=b"", headers=None, query="", chunks=None):
+def call(api, method, path, body=b"", headers=None, query="", chunks=None, server=("127.0.0.1", 80)):
     """Drive ``api.handle`` with a real Starlette Request over a hand-made ASGI scope."""
     from starlette.requests import Request
     hdrs = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
@@ -163,7 +177,7 @@ def call(api, method, path, body=b"", headers=None, query="", chunks=None):
         return msgs.pop(0) if msgs else {"type": "http.disconnect"}
 
     scope = {"type": "http", "method": method, "path": path, "query_string": query.encode(), "headers": hdrs,
-             "scheme": "http", "server": ("127.0.0.1", 80), "root_path": ""}
+             "scheme": "http", "server": server, "root_path": ""}
     resp = asyncio.run(api.handle(Request(scope, receive)))
     return resp.status_code, json.loads(resp.body), dict(resp.headers)
 
@@ -216,6 +230,23 @@ def test_routes_and_errors_with_fake_models(png_bytes):
     for q in ("keypoints=2", "max_faces=x", "colour=1", "timeout_s=0"):
         code, body, _ = call(api, "POST", "/v1/annotate", png_bytes, auth, q)
         assert (code, body["status"]) == (400, "bad_request"), q
+
+
+def test_without_a_token_only_loopback_requests_are_answered(png_bytes):
+    """No token: a request that reached the server at a non-loopback address is refused (403), on
+    every route but health; a token or ``insecure`` allows it."""
+    lan = ("10.1.2.3", 8000)
+    api = AnnotateAPI(FakeModels(), ServeOptions(), None)
+    code, body, _ = call(api, "POST", "/v1/annotate", png_bytes, server=lan)
+    assert (code, body["status"]) == (403, "forbidden") and "not loopback" in body["error"]
+    assert call(api, "GET", "/v1/models", server=lan)[0] == 403
+    assert call(api, "GET", "/v1/health", server=lan)[0] == 200
+    assert call(api, "POST", "/v1/annotate", png_bytes, server=("::1", 8000))[0] == 200
+    assert call(AnnotateAPI(FakeModels(), ServeOptions(insecure=True), None), "POST", "/v1/annotate", png_bytes,
+                server=lan)[0] == 200
+    code, _, _ = call(AnnotateAPI(FakeModels(), ServeOptions(), "tok"), "POST", "/v1/annotate", png_bytes,
+                      {"Authorization": "Bearer tok"}, server=lan)
+    assert code == 200
 
 
 def test_model_errors_map_to_json(png_bytes):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import signal
 
 import pytest
 
@@ -49,8 +50,11 @@ def test_train_resume_export_evaluate(ray_session, kp_parquet, tmp_path):
     base = ["data=" + json.dumps(str(kp_parquet)), "input_size=64", "batch_size=8", "lr=0.003",
             "model_kwargs={\"pretrained\": true}", "num_workers=2", "cpus_per_worker=0.5",
             "storage_path=" + json.dumps(str(tmp_path / "runs")), "name=\"t1\"", "ema=0.9"]  # EMA through resume
+    handler = signal.getsignal(signal.SIGINT)
     first = train(load_config("keypoints68", base + ["epochs=2", "export=null"]))
     assert first["epochs_run"] == 2 and first["n_train"] + first["n_val"] == 24
+    # Ray Train's Ctrl-C handler (it holds the finished run's controller actor alive) is taken down again
+    assert signal.getsignal(signal.SIGINT) is handler
     # continue the same run: the first two epochs are restored, not retrained
     export = tmp_path / "kp.pt"
     second = train(load_config("keypoints68", base + ["epochs=3", "export=" + json.dumps(str(export))]), resume="t1")

@@ -1,9 +1,11 @@
 """The annotate job: the :class:`~facebatch.inference.FaceAnalyzer` run at scale on Ray Data,
 incremental over a folder or bucket (new and changed objects only), one row per face.
 
-Modules: :mod:`.config` (options), :mod:`.decode` (reduced-scale JPEG decoding), :mod:`.rows`
-(output schema), :mod:`.state` (listing, diff, manifest, run folders, :func:`read_latest`),
-:mod:`.lock`, :mod:`.pipeline` (the Ray Data job), :mod:`.report` (report.html), :mod:`.cli`.
+Modules: :mod:`.config` (options), :mod:`.rows` (output schema), :mod:`.state` (listing, diff,
+manifest, run folders, the default sink, :func:`read_latest`), :mod:`.lock`, :mod:`.read` (the
+read tasks), :mod:`.pipeline` (the Ray Data job), :mod:`.report` (report.html), :mod:`.cli`.
+Decoding at reduced scale is :func:`facebatch.imaging.decode_scaled`; the shard, retry, check,
+sink and pool machinery is :mod:`facebatch.batch`'s.
 """
 from .state import read_latest
 

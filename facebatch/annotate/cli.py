@@ -19,20 +19,21 @@ import argparse
 import json
 import sys
 
-from ..commands.detect import add_detector_arguments, detector_options
-from ..detection import DetectorConfig
+from ..detection.options import add_detector_arguments, detector_config_from_args
+from ..inference.config import AnalyzerConfig
 from .config import DECODE_MODES, AnnotateConfig
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = AnnotateConfig(input="", output="")
+    a = d.analyzer
     p.add_argument("--input", required=True,
                    help="a folder, an s3://bucket/prefix, or a manifest (.parquet/.csv with a 'path' column)")
     p.add_argument("--output", required=True, help="output folder or s3:// prefix (DST)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
     m = p.add_argument_group("models")
-    m.add_argument("--keypoints", default=d.keypoints, help="keypoint model: shipped name, model file, or none")
-    m.add_argument("--attributes", default=d.attributes, help="attribute/identity model: shipped name, file, or none")
+    m.add_argument("--keypoints", default=a.keypoints, help="keypoint model: shipped name, model file, or none")
+    m.add_argument("--attributes", default=a.attributes, help="attribute/identity model: shipped name, file, or none")
     m.add_argument("--gallery", default=None, help="an `enroll` gallery: fills identity and identity_similarity")
     m.add_argument("--embeddings", action="store_true",
                    help="store each face's identity embedding (167 numbers with the shipped model; biometric data; off by default)")
@@ -63,10 +64,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> AnnotateConfig:
+    analyzer = AnalyzerConfig(keypoints=args.keypoints, attributes=args.attributes, gallery=args.gallery,
+                              detector=detector_config_from_args(args))
     return AnnotateConfig(
-        input=args.input, output=args.output, keypoints=args.keypoints, attributes=args.attributes,
-        gallery=args.gallery, embeddings=args.embeddings, crops=args.crops, all_faces=args.all_faces,
-        detector=DetectorConfig(backend=args.backend, **detector_options(args)), decode=args.decode,
+        input=args.input, output=args.output, analyzer=analyzer, embeddings=args.embeddings, crops=args.crops,
+        all_faces=args.all_faces, decode=args.decode,
         workers=args.workers, cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
         shard_size=args.shard_size, max_pixels=args.max_pixels, max_failure_rate=args.max_failure_rate,
         full=args.full, dry_run=args.dry_run, report=args.report, s3_endpoint_url=args.s3_endpoint_url,

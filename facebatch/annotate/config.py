@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import asdict, dataclass, field
 
-from ..detection import BACKENDS, DetectorConfig
 from ..imaging import DEFAULT_MAX_PIXELS
+from ..inference.config import AnalyzerConfig
 
 DECODE_MODES = ("draft", "full")
 
@@ -18,12 +17,12 @@ class AnnotateConfig:
     Args:
         input: folder, ``s3://bucket/prefix`` or a manifest (``.csv``/``.parquet`` with a ``path`` column).
         output: folder or ``s3://`` prefix (DST).
-        keypoints, attributes: shipped name, model file, or ``none``.
-        gallery: an ``enroll`` gallery for identities (``None``: identity columns null).
+        analyzer: the models (keypoints, attributes: shipped name, model file, or ``none``), the
+            ``enroll`` gallery for identities (``None``: identity columns null), the detector
+            options (as ``preprocess``) and the device; each actor builds its analyzer from it.
         embeddings: store the identity embedding (167-d with the shipped model; biometric data: off by default).
         crops: store the 256 px JPEG crop of each face.
         all_faces: one row per face (default); ``False``: only the largest face.
-        detector: detector options (as ``preprocess``).
         decode: ``draft`` (JPEG decoded at the smallest scale the detector needs) or ``full``.
         workers, cpus_per_worker, gpus_per_worker: the analyzer actor pool.
         shard_size: inputs per part file.
@@ -39,13 +38,10 @@ class AnnotateConfig:
 
     input: str
     output: str
-    keypoints: str | None = "keypoints68"
-    attributes: str | None = "attributes"
-    gallery: str | None = None
+    analyzer: AnalyzerConfig = field(default_factory=AnalyzerConfig)
     embeddings: bool = False
     crops: bool = False
     all_faces: bool = True
-    detector: DetectorConfig = field(default_factory=DetectorConfig)
     decode: str = "draft"
     workers: int | None = None
     cpus_per_worker: float | None = None
@@ -61,9 +57,9 @@ class AnnotateConfig:
     retry_s: float = 120.0
 
     def validate(self) -> "AnnotateConfig":
-        if self.detector.backend not in BACKENDS:
-            raise ValueError(f"unknown --backend {self.detector.backend!r}; choose one of: {', '.join(BACKENDS)}")
-        self.detector.validate()
+        if self.gpus_per_worker > 0 and self.analyzer.device == "cpu":
+            self.analyzer.device = "cuda"
+        self.analyzer.validate()
         if self.decode not in DECODE_MODES:
             raise ValueError(f"--decode must be one of {DECODE_MODES}, got {self.decode!r}")
         if self.shard_size < 1:
@@ -80,40 +76,12 @@ class AnnotateConfig:
             raise ValueError(f"--gpus-per-worker must be >= 0, got {self.gpus_per_worker}")
         if self.lock_ttl_s < 10:
             raise ValueError(f"--lock-ttl must be at least 10 s, got {self.lock_ttl_s}")
-        if self.gallery and not self.attributes:
-            raise ValueError("--gallery needs an attributes model with an identity embedding (--attributes)")
-        dev = str(self.detector.device)
-        if not re.fullmatch(r"cpu|cuda(:\d+)?", dev):
-            raise ValueError(f"unknown --device {dev!r}; use cpu, cuda or cuda:N")
-        if self.gpus_per_worker > 0 and dev == "cpu":
-            self.detector.device = "cuda"
-        if self.detector.device.startswith("cuda") and self.gpus_per_worker == 0:
+        if self.analyzer.device.startswith("cuda") and self.gpus_per_worker == 0:
             self.gpus_per_worker = 1.0
-        for k in ("keypoints", "attributes"):
-            v = getattr(self, k)
-            if v is not None and str(v).lower() in ("", "none"):
-                setattr(self, k, None)
         return self
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def plan_workers(cfg: AnnotateConfig, cluster_cpus: float, cluster_gpus: float) -> tuple[int, float, int]:
-    """``(actors, cpus per actor, torch threads)``; a tenth of the CPUs (at least half a core) is
-    left to the read tasks, which starve otherwise on small machines."""
-    if cfg.gpus_per_worker > 0:
-        if cluster_gpus < cfg.gpus_per_worker:
-            raise ValueError(f"--gpus-per-worker {cfg.gpus_per_worker:g} but the cluster has {cluster_gpus:g} GPUs")
-        n = cfg.workers or max(1, int(cluster_gpus // cfg.gpus_per_worker))
-        return n, cfg.cpus_per_worker or 1.0, max(1, int(cfg.cpus_per_worker or 1))
-    n = cfg.workers or max(1, int(round(cluster_cpus)))
-    if cfg.cpus_per_worker and n * cfg.cpus_per_worker > cluster_cpus + 1e-9:
-        raise ValueError(f"--workers {n} x --cpus-per-worker {cfg.cpus_per_worker:g} needs more than the "
-                         f"cluster's {cluster_cpus:g} CPUs")
-    reserve = max(0.5, 0.1 * cluster_cpus)
-    cpw = cfg.cpus_per_worker or max(0.1, int((cluster_cpus - reserve) / n * 100) / 100)
-    return n, cpw, max(1, int(cfg.cpus_per_worker or 1))
 
 
 def shard_size_for(n_todo: int, shard_size: int, actors: int) -> int:

@@ -17,6 +17,7 @@ import socket
 import threading
 import time
 
+from ..batch.write import is_local
 from ..storage import filesystem, join
 
 LOCK_FILE = "lock.json"
@@ -82,7 +83,7 @@ class RunLock:
             print(f"[facebatch] taking over the lock of run {held.get('run_id')} ({why})", flush=True)
             self.fs.rm(self.path)
         body = json.dumps(self._body())
-        if self.fs.protocol in ("file", "local") or "file" in (self.fs.protocol or ()):
+        if is_local(self.fs):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:

@@ -10,9 +10,9 @@ import pickle
 import time
 
 from .. import schema as S
-from ..preprocess.shards import RetriesExhausted, RetryPolicy, call_with_retries
+from ..batch.listing import etag_of, mtime_of
+from ..batch.retry import RetryPolicy, call_with_retries, failure_text, retry_note
 from ..storage import filesystem
-from . import state as ST
 
 
 def _read(path: str, options: dict) -> tuple[bytes, dict]:
@@ -37,12 +37,12 @@ def changed_since_listing(src: dict, n_read: int, info: dict) -> str | None:
     the listing and the read have one, else the mtime when both have one."""
     if src.get("size") is not None and n_read != src["size"]:
         return f"object changed since it was listed ({n_read} bytes read, {src['size']} listed)"
-    etag = ST._etag(info)
+    etag = etag_of(info)
     if src.get("etag") and etag:
         if etag != src["etag"]:
             return f"object changed since it was listed (ETag {etag} read, {src['etag']} listed)"
         return None
-    mtime = ST._mtime(info)
+    mtime = mtime_of(info)
     if src.get("mtime") is not None and mtime is not None and mtime != src["mtime"]:
         return f"object changed since it was listed (mtime {mtime:.6f} read, {src['mtime']:.6f} listed)"
     return None
@@ -55,11 +55,9 @@ def read_object(src: dict, options: dict, policy: RetryPolicy) -> tuple[dict, by
     base = {S.PATH: src["path"], "etag": src["etag"], "size": src["size"], "mtime": src["mtime"]}
     try:
         data, info = call_with_retries(lambda: _read(src["path"], options), policy, f"read {src['path']}",
-                                       on_retry=lambda w, e, a, d: print(f"[facebatch] retrying {w} in {d:.1f} s "
-                                                                         f"after {type(e).__name__}", flush=True))
+                                       on_retry=retry_note)
     except Exception as exc:
-        shown = exc.__cause__ if isinstance(exc, RetriesExhausted) and exc.__cause__ else exc
-        base.update({S.STATUS: S.READ_ERROR, S.ERROR: f"{type(shown).__name__}: {exc}"[:500]})
+        base.update({S.STATUS: S.READ_ERROR, S.ERROR: failure_text(exc)[:500]})
         return base, None
     why = changed_since_listing(src, len(data), info)
     if why:
@@ -68,7 +66,8 @@ def read_object(src: dict, options: dict, policy: RetryPolicy) -> tuple[dict, by
     return base, data
 
 
-def _read_shard(row: dict, options: dict, retry_s: float) -> dict:
+def read_shard(row: dict, options: dict, retry_s: float) -> dict:
+    """One shard's objects read (the Ray task): ``payload`` is the pickled ``[(base, bytes or None)]``."""
     begin = time.time()
     t0, c0 = time.perf_counter(), time.process_time()
     objs = pickle.loads(row["objects"])

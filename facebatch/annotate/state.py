@@ -28,7 +28,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .. import schema as S
+from ..batch.listing import etag_of, mtime_of
+from ..batch.shards import PART_GLOB, RETRY_ON_RESUME
+from ..batch.sink import ParquetSink
+from ..batch.write import write_table_atomic
 from ..storage import filesystem, join, object_info
 
 STATE_DIR = "_state"
@@ -40,7 +43,7 @@ SUMMARY = "_summary.json"
 META_LAST_RUN = b"facebatch.last_run"
 
 #: statuses that a rerun could change without the object changing: redone by the next run
-RETRY_STATUSES = (S.READ_ERROR, S.DETECT_ERROR)
+RETRY_STATUSES = RETRY_ON_RESUME
 
 LISTING_SCHEMA = pa.schema([pa.field("path", pa.string()), pa.field("etag", pa.string()),
                             pa.field("size", pa.int64()), pa.field("mtime", pa.float64())])
@@ -64,24 +67,12 @@ def run_dir(dst_root: str, run_id: str) -> str:
     return join(dst_root, f"dt={run_date(run_id)}", f"run={run_id}")
 
 
+def run_uri(dst: str, options: dict, run_id: str) -> str:
+    """The run folder named as DST is (an ``s3://`` URI, or a local path)."""
+    return run_dir(dst.rstrip("/") if "://" in dst else filesystem(dst, options)[1], run_id)
+
+
 # ---- listing -------------------------------------------------------------------------------------
-
-def _mtime(info: dict) -> float | None:
-    v = info.get("mtime", info.get("LastModified", info.get("last_modified")))
-    if v is None:
-        return None
-    if isinstance(v, _dt.datetime):
-        return v.timestamp()
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return None
-
-
-def _etag(info: dict) -> str | None:
-    v = info.get("ETag") or info.get("etag")
-    return str(v).strip('"') if v else None
-
 
 def input_format(src: str, options: dict) -> str:
     """``manifest`` for a ``.csv``/``.parquet`` file, else ``folder``."""
@@ -118,9 +109,9 @@ def list_source(src: str, options: dict) -> tuple[pa.Table, dict]:
     for rec in records:
         info = object_info(rec.path, options, listing.info.get(rec.path))  # {} if gone: read_error later
         paths.append(rec.path)
-        etags.append(_etag(info))
+        etags.append(etag_of(info))
         sizes.append(info.get("size"))
-        mtimes.append(_mtime(info))
+        mtimes.append(mtime_of(info))
     del records
     t = pa.Table.from_arrays([pa.array(paths, pa.string()), pa.array(etags, pa.string()),
                               pa.array(sizes, pa.int64()), pa.array(mtimes, pa.float64())], schema=LISTING_SCHEMA)
@@ -158,10 +149,10 @@ def _list_folder(src: str, options: dict) -> tuple[pa.Table, dict]:
     import posixpath
 
     from ..formats.base import relative_parts, require_exists, resolve_fs, to_uri
-    from ..formats.sources import LISTED_EXTENSIONS, Listing, _need_dir
+    from ..formats.sources import LISTED_EXTENSIONS, Listing, need_dir
     fs, root = resolve_fs(src, filesystem(src, options)[0] if "://" in src else None)
     require_exists(fs, root, "input path", "check --input; S3 inputs look like s3://bucket/prefix")
-    _need_dir(fs, root, "folder", "to read a list of files use format 'manifest'")
+    need_dir(fs, root, "folder", "to read a list of files use format 'manifest'")
     lst, cols = Listing(), _Columns()
     uri_prefix = to_uri(fs, "x")[:-1] if "://" in src else ""
 
@@ -174,7 +165,7 @@ def _list_folder(src: str, options: dict) -> tuple[pa.Table, dict]:
         elif not base.lower().endswith(LISTED_EXTENSIONS):
             lst.skip("not an image extension", uri_prefix + p)
         else:
-            cols.add(uri_prefix + p, _etag(info), info.get("size"), _mtime(info))
+            cols.add(uri_prefix + p, etag_of(info), info.get("size"), mtime_of(info))
 
     if hasattr(fs, "_iterdir") and hasattr(fs, "split_path"):  # s3fs: page by page, no dircache
         from fsspec.asyn import sync
@@ -282,24 +273,6 @@ def _read_parquet(fs, path: str) -> pa.Table | None:
         return pq.read_table(io.BytesIO(f.read()))
 
 
-def _write_parquet_atomic(fs, path: str, table: pa.Table) -> None:
-    """Write a whole file and replace ``path`` with it: rename locally; a PUT on S3 (objects appear whole)."""
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    data = buf.getvalue()
-    if hasattr(fs, "s3") or "s3" in (fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)):
-        with fs.open(path, "wb") as f:
-            f.write(data)
-        return
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with fs.open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno()) if hasattr(f, "fileno") else None
-    os.replace(tmp, path)
-
-
 def load_manifest(dst: str, options: dict) -> tuple[pa.Table | None, str | None]:
     """``(manifest table or None, last applied run id or None)``."""
     fs, root = filesystem(dst, options)
@@ -322,7 +295,7 @@ def run_folders(dst: str, options: dict) -> list[tuple[str, str, bool]]:
 
 
 def run_parts(fs, folder: str) -> list[str]:
-    return sorted(fs.glob(join(folder, "part-*.parquet")))
+    return sorted(fs.glob(join(folder, PART_GLOB)))
 
 
 def _run_manifest_rows(fs, folder: str) -> pa.Table:
@@ -342,7 +315,7 @@ def write_run_deleted(fs, folder: str, deleted: pa.Table, run_id: str) -> None:
     d = deleted.select(MANIFEST_SCHEMA.names).cast(MANIFEST_SCHEMA)
     d = d.append_column("deleted_run_id", pa.array([run_id] * d.num_rows, pa.string())).append_column(
         "deleted_at", pa.array([now] * d.num_rows, DELETED_SCHEMA.field("deleted_at").type))
-    _write_parquet_atomic(fs, join(folder, RUN_DELETED), d.cast(DELETED_SCHEMA))
+    write_table_atomic(fs, join(folder, RUN_DELETED), d.cast(DELETED_SCHEMA))
 
 
 def apply_run(dst: str, options: dict, run_id: str, folder: str, full: bool = False) -> dict:
@@ -361,13 +334,29 @@ def apply_run(dst: str, options: dict, run_id: str, folder: str, full: bool = Fa
     hist = hist.cast(DELETED_SCHEMA) if hist is not None else DELETED_SCHEMA.empty_table()
     hist = hist.filter(pc.not_equal(hist["deleted_run_id"], run_id)) if hist.num_rows else hist
     if gone.num_rows or not fs.exists(join(state, DELETED)):
-        _write_parquet_atomic(fs, join(state, DELETED), pa.concat_tables([hist, gone]))
+        write_table_atomic(fs, join(state, DELETED), pa.concat_tables([hist, gone]))
     drop = pa.concat_tables([done.select(["path"]), gone.select(["path"])])
     keep = manifest.join(drop, keys="path", join_type="left anti") if drop.num_rows else manifest
     new = pa.concat_tables([keep.select(MANIFEST_SCHEMA.names).cast(MANIFEST_SCHEMA), done]).sort_by("path")
     new = new.replace_schema_metadata({META_LAST_RUN: run_id.encode()})
-    _write_parquet_atomic(fs, join(state, MANIFEST), new)
+    write_table_atomic(fs, join(state, MANIFEST), new)
     return {"manifest_rows": new.num_rows, "applied": done.num_rows, "deleted": gone.num_rows}
+
+
+class RunSink(ParquetSink):
+    """The annotate job's default sink: ``part-NNNNN.parquet`` in the run folder; :meth:`commit`
+    writes ``_SUCCESS`` (readers see the run from then on) and applies the run to the manifest (the
+    state the next run's diff starts from)."""
+
+    def __init__(self, dst: str, options: dict, run_id: str) -> None:
+        super().__init__(run_uri(dst, options, run_id), options)
+        self.dst, self.run_id = dst, run_id
+
+    def commit(self, summary: dict) -> None:
+        fs, folder = filesystem(self.folder, self.options)
+        with fs.open(join(folder, SUCCESS), "w") as f:
+            f.write(self.run_id)
+        apply_run(self.dst, self.options, self.run_id, folder)
 
 
 def recover(dst: str, options: dict, log=print) -> dict:

@@ -22,7 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-from .detect import add_detector_arguments, detector_options
+from ..detection.options import add_detector_arguments, detector_config_from_args
+from ..inference.config import AnalyzerConfig
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -60,19 +61,17 @@ def analyze_files(paths: list[str], analyzer, embeddings: bool = False, max_face
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..inference import FaceAnalyzer
     for p in args.images:
         if not Path(p).is_file():
             raise FileNotFoundError(f"no such image file: {p}")
     if args.max_faces is not None and args.max_faces < 1:
         raise ValueError(f"--max-faces must be at least 1, got {args.max_faces}")
-    opts = detector_options(args)
-    device = opts.pop("device")
     detect_only = args.only == "detect"
+    cfg = AnalyzerConfig(keypoints=None if detect_only else args.keypoints,
+                         attributes=None if detect_only else args.attributes,
+                         gallery=None if detect_only else args.gallery, detector=detector_config_from_args(args))
     t0 = time.perf_counter()
-    fa = FaceAnalyzer.load(args.backend, keypoints=None if detect_only else args.keypoints,
-                           attributes=None if detect_only else args.attributes,
-                           gallery=None if detect_only else args.gallery, device=device, **opts)
+    fa = cfg.build()
     t1 = time.perf_counter()
     n = 0
     for rec in analyze_files(args.images, fa, args.embeddings, args.max_faces):

@@ -25,12 +25,15 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from ..formats.base import IMAGE_EXTENSIONS
-from .detect import add_detector_arguments, detector_options
+from ..detection import DetectorConfig
+from ..detection.options import add_detector_arguments, detector_config_from_args
+from ..inference.config import AnalyzerConfig
 
 DEFAULT_THRESHOLD = 0.5
 BATCH = 16  # photos decoded and analyzed together (bounded memory for big folders)
@@ -61,10 +64,13 @@ def _embed_files(analyzer, paths: list[Path]) -> list[dict]:
     return out
 
 
-def _analyzer(model: str, gallery: str | None = None, threshold: float | None = None, **detector):
-    from ..inference import FaceAnalyzer
-    fa = FaceAnalyzer.load(keypoints=None, attributes=model, gallery=gallery, identity_threshold=threshold,
-                           **detector)
+def _analyzer(model: str, gallery: str | None = None, threshold: float | None = None,
+              detector: DetectorConfig | str = "mobilenet", device: str | None = None,
+              weights_path: str | None = None, **options):
+    det = DetectorConfig(backend=detector) if isinstance(detector, str) else detector
+    cfg = AnalyzerConfig(keypoints=None, attributes=model, gallery=gallery, identity_threshold=threshold,
+                         detector=replace(det, **options), device=device)
+    fa = cfg.build(weights_path=weights_path)
     if not fa.attributes.has_embedding:
         raise ValueError(f"model {model!r} has no identity embedding; use a multitask or seed003_cnn model")
     return fa
@@ -73,7 +79,10 @@ def _analyzer(model: str, gallery: str | None = None, threshold: float | None = 
 def enroll(input_dir: str, output: str, model: str = "attributes", threshold: float | None = None,
            **detector) -> dict:
     """Build and save a gallery from a folder with one sub-folder per person; returns a summary
-    (``gallery`` path, ``people``, ``images``, ``no_face`` paths with their status)."""
+    (``gallery`` path, ``people``, ``images``, ``no_face`` paths with their status).
+
+    ``**detector``: ``detector`` (a :class:`~facebatch.detection.DetectorConfig` or a backend name),
+    ``DetectorConfig`` fields that replace its own, ``device`` and ``weights_path``."""
     from ..attributes.gallery import Gallery
     from ..attributes.models import state_dict_sha256
     root = Path(input_dir)
@@ -107,7 +116,8 @@ def enroll(input_dir: str, output: str, model: str = "attributes", threshold: fl
 
 def match(images: str, gallery: str, model: str = "attributes", threshold: float | None = None,
           **detector) -> list[dict]:
-    """Nearest enrolled person (or ``unknown``) for the largest face in each photo of a folder or file."""
+    """Nearest enrolled person (or ``unknown``) for the largest face in each photo of a folder or file
+    (``**detector`` as :func:`enroll`)."""
     from ..attributes.gallery import UNKNOWN
     src = Path(images)
     if not src.exists():
@@ -148,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
     if args.match:
         if not args.gallery:
             raise ValueError("--match needs --gallery GALLERY.npz")
-        res = match(args.match, args.gallery, args.model, args.threshold, **_detector(args))
+        res = match(args.match, args.gallery, args.model, args.threshold, detector=detector_config_from_args(args))
         for r in res:
             print(json.dumps(r))
         if args.output:
@@ -159,12 +169,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.input or not args.output:
         raise ValueError("enroll needs --input PEOPLE_DIR and --output GALLERY.npz (or --match PHOTOS --gallery G)")
-    summary = enroll(args.input, args.output, args.model, args.threshold, **_detector(args))
+    summary = enroll(args.input, args.output, args.model, args.threshold, detector=detector_config_from_args(args))
     print(json.dumps(summary, indent=2))
     return 0
 
-
-def _detector(args: argparse.Namespace) -> dict:
-    opts = detector_options(args)
-    opts.pop("device", None)  # the analyzer puts every model and the detector on --device
-    return {"detector": args.backend, "device": args.device, **opts}

@@ -7,14 +7,16 @@ job drivers and command lines (``facebatch annotate``, ``preprocess``) can build
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-BACKENDS = ("mobilenet", "resnet50")
+from .backends import backend_names, backend_spec
+
+BACKENDS = backend_names()
+"""The built-in detector backends (:mod:`.backends` holds the registry, which may grow)."""
 #: when a small image (longer side under ``min_side``) is upscaled for detection
 UPSCALE_MODES = ("retry", "always", "never")
-"""The detector backends :func:`facebatch.detection.create_detector` knows."""
 
 LANDMARK_NAMES = ("eye_image_left", "eye_image_right", "nose", "mouth_image_left", "mouth_image_right")
 """The 5 landmarks in output order. "image_left" is the subject's right (iBUG 36-41 / 48)."""
@@ -48,7 +50,8 @@ class DetectorConfig:
     """Options shared by every backend.
 
     Args:
-        backend: ``mobilenet`` (default, fast) or ``resnet50`` (retina-face's model).
+        backend: a registered backend (:mod:`.backends`): ``mobilenet`` (default, fast) or
+            ``resnet50`` (retina-face's model).
         score_threshold: minimum face probability kept.
         nms_iou: IoU above which the lower-scoring of two boxes is dropped.
         max_side: images whose longer side exceeds this are downscaled for detection.
@@ -80,6 +83,7 @@ class DetectorConfig:
     max_faces: int = 750
 
     def validate(self) -> "DetectorConfig":
+        backend_spec(self.backend)  # a clear error naming the registered backends
         if not 0.0 <= self.score_threshold <= 1.0:
             raise ValueError(f"score_threshold must be in [0, 1], got {self.score_threshold}")
         if not 0.0 < self.nms_iou <= 1.0:
@@ -95,4 +99,16 @@ class DetectorConfig:
         return self
 
     def to_dict(self) -> dict:
+        """Plain JSON values; :meth:`from_dict` gives the config back."""
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: "dict | DetectorConfig | None") -> "DetectorConfig":
+        """From :meth:`to_dict`'s form (or a config, returned as is); unknown keys are an error."""
+        if isinstance(d, DetectorConfig):
+            return d
+        d = dict(d or {})
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown detector option(s) {', '.join(unknown)}")
+        return cls(**d)

@@ -1,6 +1,6 @@
 """The ``mobilenet`` backend: our RetinaFace-MobileNet-0.25 on the published weights.
 
-The network runs in onnxruntime on CPU by default (:mod:`facebatch.ort`: faster than torch there,
+The network runs in onnxruntime on CPU by default (:mod:`facebatch.runtime`: faster than torch there,
 same outputs within 1e-3) and in torch on CUDA or when asked
 (``runtime="torch"`` or ``FACEBATCH_CPU_RUNTIME=torch``); :attr:`MobileNetBackend.runtime_info`
 says which one ran.
@@ -12,21 +12,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..ort import accelerate, requested_runtime
-from ..weights import find_weights, load_into, load_state_dict, sha256_file
+from ..runtime import accelerate, requested_runtime
+from ..weights import load_into, load_state_dict, sha256_file
 from .anchors import PriorConfig, decode_boxes, decode_landmarks, prior_boxes
+from .backends import backend_spec
 from .detector import Candidates, resize_chw
 from .mobilenet import RetinaFaceMobileNet, normalise_state_dict_keys
 
-WEIGHTS_FILE = "mobilenet0.25_Final.pth"
+WEIGHTS_FILE = backend_spec("mobilenet").weights_file
 MEAN_BGR = (104.0, 117.0, 123.0)
 
 
 def load_mobilenet_retinaface(weights_dir: str | None = None, path: str | None = None) -> tuple[RetinaFaceMobileNet, Path]:
     """Build the network and load its weights strictly (eval mode, CPU)."""
-    wpath = Path(path) if path else find_weights(
-        WEIGHTS_FILE, weights_dir,
-        hint="It is the MobileNet-0.25 RetinaFace state dict of the Pytorch_Retinaface project (MIT).")
+    wpath = Path(path) if path else backend_spec("mobilenet").find_weights(weights_dir)
     net = RetinaFaceMobileNet()
     state = normalise_state_dict_keys(load_state_dict(wpath))
     load_into(net, state, wpath, "RetinaFace-MobileNet-0.25")

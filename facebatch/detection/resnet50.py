@@ -18,17 +18,17 @@ the detections the package's per-image path gives it (up to float rounding).
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..weights import find_weights, load_into, load_state_dict, sha256_file
+from ..weights import load_into, load_state_dict, sha256_file
+from .backends import backend_spec, deepface_weights_dir  # noqa: F401 (deepface_weights_dir: re-exported)
 from .detector import Candidates, resize_chw
 
-WEIGHTS_FILE = "retinaface.pth"
+WEIGHTS_FILE = backend_spec("resnet50").weights_file
 STRIDES = (32, 16, 8)
 # retina-face's base anchors (x1, y1, x2, y2), two per cell, as in RetinaFace.detect_faces.
 BASE_ANCHORS = {
@@ -36,11 +36,6 @@ BASE_ANCHORS = {
     16: ((-56.0, -56.0, 71.0, 71.0), (-24.0, -24.0, 39.0, 39.0)),
     8: ((-8.0, -8.0, 23.0, 23.0), (0.0, 0.0, 15.0, 15.0)),
 }
-
-
-def deepface_weights_dir() -> Path:
-    """Where retina-face keeps its weights: ``$DEEPFACE_HOME/.deepface/weights`` (home by default)."""
-    return Path(os.getenv("DEEPFACE_HOME", default=str(Path.home()))) / ".deepface" / "weights"
 
 
 def load_resnet50_retinaface(weights_dir: str | None = None, path: str | None = None,
@@ -54,10 +49,7 @@ def load_resnet50_retinaface(weights_dir: str | None = None, path: str | None = 
     net = RetinaFace()
     if random_weights:
         return net.eval(), None
-    wpath = Path(path) if path else find_weights(
-        WEIGHTS_FILE, weights_dir, extra=[deepface_weights_dir()],
-        hint="It is the PyTorch RetinaFace-ResNet50 of the retina-face package (MIT), published at "
-             "https://github.com/serengil/deepface_models/releases/download/v1.0/retinaface.pth.")
+    wpath = Path(path) if path else backend_spec("resnet50").find_weights(weights_dir)
     load_into(net, load_state_dict(wpath), wpath, "retina-face RetinaFace-ResNet50")
     return net.eval(), wpath
 

@@ -20,24 +20,15 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 
 from ..attributes.metrics import BINARY_KEYS, binary_metrics
 from ..inference import AttributeHead
-from .common import add_common_arguments, check_degrade, has_crop, load_rows, row_batches
-
-
-def _json_safe(v):
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, dict):
-        return {k: _json_safe(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_json_safe(x) for x in v]
-    return v
+from ..jsonsafe import json_safe
+from .common import (PrepareRaw, add_common_arguments, check_degrade, has_crop, load_rows, row_batches,
+                     write_model_json)
 
 
 def embed_rows(head: AttributeHead, rows: list[dict], batch_size: int = 64) -> np.ndarray:
@@ -62,8 +53,9 @@ def score_rows(head: AttributeHead, rows: list[dict], batch_size: int = 64) -> d
 
 def evaluate_attributes(model_name: str, src: str, fmt: str | None, outdir: str, labels: str | None = None,
                         splits: list[str] | None = None, limit: int | None = None, address: str | None = None,
-                        degrade: str | None = None) -> dict:
-    """Run the evaluation and write its files into ``outdir``; returns the metrics."""
+                        degrade: str | None = None, prepare: PrepareRaw | None = None) -> dict:
+    """Run the evaluation and write its files into ``outdir``; returns the metrics. ``prepare``: how a raw
+    dataset is detected and cropped first (see :func:`.common.load_rows`)."""
     from ..attributes.plots import save_confusion_png
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
@@ -71,7 +63,8 @@ def evaluate_attributes(model_name: str, src: str, fmt: str | None, outdir: str,
     info, meta, attrs = head.info, head.meta, head.attributes
     if not attrs:
         raise ValueError(f"{info['path']} predicts no binary attribute (an identity model: use `evaluate identity`)")
-    rows = load_rows(src, fmt, out, labels=labels, address=address, splits=splits, limit=limit, degrade=degrade)
+    rows = load_rows(src, fmt, out, labels=labels, address=address, splits=splits, limit=limit, degrade=degrade,
+                     prepare=prepare)
     rows = [r for r in rows if (r["face_index"] or 0) <= 0]
     lab = [json.loads(r["attributes"]) if r["attributes"] else {} for r in rows]
     present = [a for a in attrs if any(x.get(a) is not None for x in lab)]
@@ -85,7 +78,7 @@ def evaluate_attributes(model_name: str, src: str, fmt: str | None, outdir: str,
         y = np.array([x[a] for x in lab if x.get(a) is not None], np.int64)
         m = binary_metrics(y, scores[a][sel], failed[sel], threshold=thr[a])
         assert tuple(m) == BINARY_KEYS
-        metrics[a] = _json_safe(m)
+        metrics[a] = json_safe(m)
         save_confusion_png(m["confusion"], out / f"confusion_{a}.png", labels=("no", "yes"),
                            title=f"{a}: {Path(info['path']).name}, n={m['n']}, failed={m['failed']}")
     if degrade:
@@ -101,8 +94,7 @@ def evaluate_attributes(model_name: str, src: str, fmt: str | None, outdir: str,
                 cells += ["" if lab[i].get(a) is None else int(lab[i][a]),
                           "" if failed[i] else f"{s:.5f}", "" if failed[i] else int(s >= thr[a])]
             w.writerow([r["path"], r["split"], r["status"], int(failed[i])] + cells)
-    (out / "model.json").write_text(json.dumps({k: v for k, v in info.items() if k != "meta"} | {
-        "meta": {k: v for k, v in meta.items() if k not in ("history", "identities")}}, indent=2, default=str))
+    write_model_json(info, meta, out / "model.json", leave_out=("history", "identities"))
     return metrics
 
 
@@ -111,8 +103,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                          "metrics.json, predictions.csv, confusion PNGs")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, prepare: PrepareRaw | None = None) -> int:
     m = evaluate_attributes(args.model, args.input, args.format, args.output, labels=args.labels,
-                            splits=args.split, limit=args.limit, address=args.address, degrade=args.degrade)
+                            splits=args.split, limit=args.limit, address=args.address, degrade=args.degrade,
+                            prepare=prepare)
     print(json.dumps(m, indent=2))
     return 0

@@ -1,8 +1,15 @@
-"""Shared by every evaluation: getting preprocess rows from a raw dataset or a Parquet output."""
+"""Shared by every evaluation: getting preprocess rows from a raw dataset or a Parquet output.
+
+A raw dataset is detected and cropped by the preprocess job first. Evaluation does not import that
+job (job packages do not import each other): the caller passes it in as ``prepare``, and the
+``facebatch evaluate`` command (:mod:`facebatch.evaluation.cli`) does.
+"""
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -45,23 +52,32 @@ def check_degrade(src: str, degrade: str | None) -> dict | None:
     return d.to_dict()
 
 
+class PrepareRaw(Protocol):
+    """Detect and crop the raw dataset ``src`` (format ``fmt``) into a preprocess Parquet output at
+    ``output``, one row per image (per face with ``all_faces``), each image degraded by ``degrade``
+    first. :func:`facebatch.evaluation.cli.preprocess_raw` runs the preprocess job."""
+
+    def __call__(self, src: str, output: str, fmt: str, *, labels: str | None, limit: int | None, crop_size: int,
+                 all_faces: bool, degrade: str | None, address: str | None) -> None: ...
+
+
 def load_rows(src: str, fmt: str | None, outdir: Path, labels: str | None = None, address: str | None = None,
               crop_size: int = 256, splits: list[str] | None = None, limit: int | None = None,
-              all_faces: bool = False, degrade: str | None = None) -> list[dict]:
-    """Rows of a preprocess output; a raw dataset is first preprocessed (detect + crop) into
+              all_faces: bool = False, degrade: str | None = None, prepare: PrepareRaw | None = None) -> list[dict]:
+    """Rows of a preprocess output; a raw dataset is first preprocessed (detect + crop) by ``prepare`` into
     ``outdir/preprocess`` (one row per face with ``all_faces``; each source image degraded by
     ``degrade`` first, labels moved with it)."""
     check_degrade(src, degrade)
     if not is_parquet_source(src):
         if not fmt:
             raise ValueError(f"--input {src} is not a preprocess Parquet output, so --format is needed")
-        from ..preprocess.config import PreprocessConfig
-        from ..preprocess.pipeline import run_preprocess
-        from ..preprocess.rows import CropConfig
+        if prepare is None:
+            raise ValueError(f"--input {src} is a raw dataset: it must be detected and cropped first. Use "
+                             "`facebatch evaluate`, the functions of facebatch.evaluation.cli, or pass "
+                             "prepare=facebatch.evaluation.cli.preprocess_raw")
         pre = outdir / "preprocess"
-        run_preprocess(PreprocessConfig(input=src, output=str(pre), format=fmt, labels=labels, limit=limit,
-                                        crop=CropConfig(crop_size=crop_size, all_faces=all_faces), progress="auto",
-                                        degrade=degrade), address=address)
+        prepare(src, str(pre), fmt, labels=labels, limit=limit, crop_size=crop_size, all_faces=all_faces,
+                degrade=degrade, address=address)
         src = str(pre)
     rows = pq.read_table(src).to_pylist()
     rows.sort(key=lambda r: (r["path"], r["face_index"] if r["face_index"] is not None else -1))
@@ -73,6 +89,13 @@ def load_rows(src: str, fmt: str | None, outdir: Path, labels: str | None = None
     if not rows:
         raise ValueError(f"no rows to evaluate in {src}" + (f" for splits {splits}" if splits else ""))
     return rows
+
+
+def write_model_json(info: dict, meta: dict, path: Path, leave_out=("history",)) -> Path:
+    """model.json: the model's file info and its meta, without the bulky ``leave_out`` entries."""
+    path.write_text(json.dumps({k: v for k, v in info.items() if k != "meta"} | {
+        "meta": {k: v for k, v in meta.items() if k not in leave_out}}, indent=2, default=str))
+    return path
 
 
 def has_crop(row: dict) -> bool:

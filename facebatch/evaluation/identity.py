@@ -49,8 +49,10 @@ from ..attributes.gallery import Gallery
 from ..attributes.metrics import (make_pairs, pair_similarity, tar_at_far, top1_accuracy, verification_accuracy,
                                   verification_roc)
 from ..inference import AttributeHead
-from .attributes import _json_safe, embed_rows
-from .common import add_common_arguments, check_degrade, has_crop, load_rows, row_batches
+from ..jsonsafe import json_safe
+from .attributes import embed_rows
+from .common import (PrepareRaw, add_common_arguments, check_degrade, has_crop, load_rows, row_batches,
+                     write_model_json)
 
 
 def classifier_predictions(head: AttributeHead, rows: list[dict], batch_size: int = 64) -> np.ndarray | None:
@@ -107,29 +109,11 @@ def save_roc_png(roc: dict, point: dict, auc: float, title: str, path: Path) -> 
     return Path(path)
 
 
-def evaluate_identity(model_name: str, src: str, fmt: str | None, outdir: str, labels: str | None = None,
-                      limit: int | None = None, address: str | None = None, gallery_splits=("train",),
-                      probe_splits=("test",), verification_splits=("val",), n_pairs: int = 6000, seed: int = 0,
-                      degrade: str | None = None, far: float = 0.01) -> dict:
-    """Run the identity evaluation and write its files into ``outdir``; returns the metrics.
-
-    ``far``: the false-accept rate at which the verification threshold and TAR are reported.
-    """
-    if not 0.0 <= far <= 1.0:
-        raise ValueError(f"--far must be a rate in [0, 1], got {far}")
-    out = Path(outdir)
-    out.mkdir(parents=True, exist_ok=True)
-    head = AttributeHead.load(model_name)
+def _closed_set(head: AttributeHead, rows: list[dict], emb: np.ndarray, failed: np.ndarray, split: np.ndarray,
+                ident: np.ndarray, gallery_splits, probe_splits, src: str) -> tuple[dict, np.ndarray, list, np.ndarray]:
+    """Top-1 of the probe images against a gallery enrolled from the gallery splits (and the model's
+    own class head where it has one); returns ``(metrics, probe row indices, predicted names, similarities)``."""
     info, meta = head.info, head.meta
-    rows = load_rows(src, fmt, out, labels=labels, address=address, limit=limit, degrade=degrade)
-    rows = [r for r in rows if (r["face_index"] or 0) <= 0 and r["identity"] is not None]
-    if not rows:
-        raise ValueError(f"no rows with an identity in {src}; identity evaluation needs celeba, classes or csv data")
-    failed = np.array([not has_crop(r) for r in rows])
-    emb = embed_rows(head, rows)
-    split = np.array([r["split"] for r in rows])
-    ident = np.array([r["identity"] for r in rows])
-
     gal = np.isin(split, gallery_splits) & ~failed
     if not gal.any():
         raise ValueError(f"no {'/'.join(gallery_splits)} rows with a face in {src} to enroll a gallery from")
@@ -142,67 +126,107 @@ def evaluate_identity(model_name: str, src: str, fmt: str | None, outdir: str, l
                      "gallery_images": int(gal.sum())}
     p_idx = np.flatnonzero(probe)
     pred_names, sims = [""] * len(p_idx), np.full(len(p_idx), np.nan)
-    if len(p_idx):
-        ok = ~failed[p_idx]
-        pred = np.full(len(p_idx), -1)
-        if ok.any():
-            s = gallery.similarities(emb[p_idx[ok]])
-            pred[ok] = s.argmax(1)
-            sims[ok] = s.max(1)
-        truth = np.array([names[n] for n in ident[p_idx]])
-        metrics["top1"] = top1_accuracy(truth, pred, failed[p_idx])
-        pred_names = [gallery.names[k] if k >= 0 else "" for k in pred]
-        cls = classifier_predictions(head, [rows[i] for i in p_idx])
-        if cls is not None:
-            classes = meta["identities"]
-            cls_names = np.array([classes[k] if k >= 0 else "" for k in cls])
-            metrics["top1_classifier"] = float(np.mean((cls_names == ident[p_idx]) & ~failed[p_idx]))
+    if not len(p_idx):
+        return metrics, p_idx, pred_names, sims
+    ok = ~failed[p_idx]
+    pred = np.full(len(p_idx), -1)
+    if ok.any():
+        s = gallery.similarities(emb[p_idx[ok]])
+        pred[ok] = s.argmax(1)
+        sims[ok] = s.max(1)
+    truth = np.array([names[n] for n in ident[p_idx]])
+    metrics["top1"] = top1_accuracy(truth, pred, failed[p_idx])
+    pred_names = [gallery.names[k] if k >= 0 else "" for k in pred]
+    cls = classifier_predictions(head, [rows[i] for i in p_idx])
+    if cls is not None:
+        classes = meta["identities"]
+        cls_names = np.array([classes[k] if k >= 0 else "" for k in cls])
+        metrics["top1_classifier"] = float(np.mean((cls_names == ident[p_idx]) & ~failed[p_idx]))
+    return metrics, p_idx, pred_names, sims
 
-    trained = set(meta.get("identities") or [])
+
+def _verification(emb: np.ndarray, failed: np.ndarray, split: np.ndarray, ident: np.ndarray, trained: set,
+                  verification_splits, n_pairs: int, seed: int, far: float) -> tuple[dict, dict | None, dict | None]:
+    """Verification on pairs of the verification splits' people outside ``trained``; returns
+    ``(metrics, ROC or None, operating point at ``far`` or None)``."""
     ver = np.isin(split, verification_splits) & ~np.isin(ident, sorted(trained))
-    metrics.update({"verification_accuracy": None, "verification_persons": int(len(set(ident[ver]))),
-                    "verification_images": int((ver & ~failed).sum()), "verification_failed": int((ver & failed).sum()),
-                    "verification_far": float(far), "verification_tar_at_far": None,
-                    "verification_threshold_at_far": None})
-    roc = point = None
+    metrics = {"verification_accuracy": None, "verification_persons": int(len(set(ident[ver]))),
+               "verification_images": int((ver & ~failed).sum()), "verification_failed": int((ver & failed).sum()),
+               "verification_far": float(far), "verification_tar_at_far": None, "verification_threshold_at_far": None}
     v_idx = np.flatnonzero(ver & ~failed)
-    if len(set(ident[v_idx])) >= 2:
-        try:
-            pairs, same = make_pairs(ident[v_idx], n_pairs, seed)
-        except ValueError as exc:  # nobody with two images
-            metrics["verification_note"] = str(exc)
-        else:
-            v = verification_accuracy(emb[v_idx], ident[v_idx], pairs=pairs, seed=seed,
-                                      n_folds=min(10, max(2, len(pairs) // 2)))
-            metrics.update({"verification_accuracy": v["accuracy"], "verification_accuracy_std": v["accuracy_std"],
-                            "verification_threshold": v["threshold"], "verification_roc_auc": v["roc_auc"],
-                            "verification_pairs": v["n_pairs"], "verification_folds": v["n_folds"]})
-            sim = pair_similarity(emb[v_idx], pairs)
-            roc, point = verification_roc(sim, same), tar_at_far(sim, same, far)
-            metrics.update({"verification_tar_at_far": point["tar"], "verification_threshold_at_far": point["threshold"],
-                            "verification_at_far": point})
-    else:
+    if len(set(ident[v_idx])) < 2:
         metrics["verification_note"] = (f"fewer than two people of split(s) {list(verification_splits)} outside "
-                                         "the model's training identities")
-    metrics["protocol"] = {"gallery_splits": list(gallery_splits), "probe_splits": list(probe_splits),
-                           "verification_splits": list(verification_splits), "n_pairs_requested": n_pairs, "seed": seed}
-    metrics = _json_safe(metrics)
-    if degrade:
-        metrics["degrade"] = check_degrade(src, degrade)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    with open(out / "predictions.csv", "w", newline="") as f:
+                                        "the model's training identities")
+        return metrics, None, None
+    try:
+        pairs, same = make_pairs(ident[v_idx], n_pairs, seed)
+    except ValueError as exc:  # nobody with two images
+        metrics["verification_note"] = str(exc)
+        return metrics, None, None
+    v = verification_accuracy(emb[v_idx], ident[v_idx], pairs=pairs, seed=seed, n_folds=min(10, max(2, len(pairs) // 2)))
+    metrics.update({"verification_accuracy": v["accuracy"], "verification_accuracy_std": v["accuracy_std"],
+                    "verification_threshold": v["threshold"], "verification_roc_auc": v["roc_auc"],
+                    "verification_pairs": v["n_pairs"], "verification_folds": v["n_folds"]})
+    sim = pair_similarity(emb[v_idx], pairs)
+    roc, point = verification_roc(sim, same), tar_at_far(sim, same, far)
+    metrics.update({"verification_tar_at_far": point["tar"], "verification_threshold_at_far": point["threshold"],
+                    "verification_at_far": point})
+    return metrics, roc, point
+
+
+def write_probe_csv(rows: list[dict], failed: np.ndarray, p_idx: np.ndarray, pred_names: list, sims: np.ndarray,
+                    path: Path) -> Path:
+    """predictions.csv: one row per probe image (truth, predicted person, similarity to that centroid)."""
+    with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["path", "split", "identity", "failed", "predicted", "similarity"])
         for k, i in enumerate(p_idx):
             w.writerow([rows[i]["path"], rows[i]["split"], rows[i]["identity"], int(failed[i]), pred_names[k],
                         "" if np.isnan(sims[k]) else f"{sims[k]:.5f}"])
+    return path
+
+
+def evaluate_identity(model_name: str, src: str, fmt: str | None, outdir: str, labels: str | None = None,
+                      limit: int | None = None, address: str | None = None, gallery_splits=("train",),
+                      probe_splits=("test",), verification_splits=("val",), n_pairs: int = 6000, seed: int = 0,
+                      degrade: str | None = None, far: float = 0.01, prepare: PrepareRaw | None = None) -> dict:
+    """Run the identity evaluation and write its files into ``outdir``; returns the metrics.
+
+    ``far``: the false-accept rate at which the verification threshold and TAR are reported.
+    ``prepare``: how a raw dataset is detected and cropped first (see :func:`.common.load_rows`).
+    """
+    if not 0.0 <= far <= 1.0:
+        raise ValueError(f"--far must be a rate in [0, 1], got {far}")
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    head = AttributeHead.load(model_name)
+    info, meta = head.info, head.meta
+    rows = load_rows(src, fmt, out, labels=labels, address=address, limit=limit, degrade=degrade, prepare=prepare)
+    rows = [r for r in rows if (r["face_index"] or 0) <= 0 and r["identity"] is not None]
+    if not rows:
+        raise ValueError(f"no rows with an identity in {src}; identity evaluation needs celeba, classes or csv data")
+    failed = np.array([not has_crop(r) for r in rows])
+    emb = embed_rows(head, rows)
+    split = np.array([r["split"] for r in rows])
+    ident = np.array([r["identity"] for r in rows])
+    metrics, p_idx, pred_names, sims = _closed_set(head, rows, emb, failed, split, ident, gallery_splits,
+                                                   probe_splits, src)
+    ver, roc, point = _verification(emb, failed, split, ident, set(meta.get("identities") or []),
+                                    verification_splits, n_pairs, seed, far)
+    metrics.update(ver)
+    metrics["protocol"] = {"gallery_splits": list(gallery_splits), "probe_splits": list(probe_splits),
+                           "verification_splits": list(verification_splits), "n_pairs_requested": n_pairs, "seed": seed}
+    metrics = json_safe(metrics)
+    if degrade:
+        metrics["degrade"] = check_degrade(src, degrade)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_probe_csv(rows, failed, p_idx, pred_names, sims, out / "predictions.csv")
     if roc is not None:
         write_roc_csv(roc, out / "roc.csv")
         save_roc_png(roc, point, metrics["verification_roc_auc"],
                      f"{Path(model_name).stem} ({info['model']}): verification on {metrics['verification_persons']} "
                      "unseen people", out / "roc.png")
-    (out / "model.json").write_text(json.dumps({k: v for k, v in info.items() if k != "meta"} | {
-        "meta": {k: v for k, v in meta.items() if k not in ("history", "identities")}}, indent=2, default=str))
+    write_model_json(info, meta, out / "model.json", leave_out=("history", "identities"))
     return metrics
 
 
@@ -214,9 +238,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="false-accept rate at which to report the verification threshold and TAR (default 0.01)")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, prepare: PrepareRaw | None = None) -> int:
     m = evaluate_identity(args.model, args.input, args.format, args.output, labels=args.labels,
                           limit=args.limit, address=args.address, n_pairs=args.pairs, degrade=args.degrade,
-                          far=args.far)
+                          far=args.far, prepare=prepare)
     print(json.dumps(m, indent=2))
     return 0

@@ -19,8 +19,8 @@ from ..inference import KeypointHead
 from ..keypoints.metrics import (FACE_FRAME_PX, mae_px, nme_interocular, pck, per_point_table, rmse_norm,
                                  write_table_csv)
 from ..keypoints.schemes import convert_scheme
-from .common import (add_common_arguments, check_degrade, fallback_crop_box, has_crop, labelled_face_rows, load_rows,
-                     row_batches)
+from .common import (PrepareRaw, add_common_arguments, check_degrade, fallback_crop_box, has_crop, labelled_face_rows,
+                     load_rows, row_batches, write_model_json)
 
 METRIC_KEYS = ("n_images", "failed", "nme_interocular", "rmse_norm", "mae_px", "pck_5px", "pck_10px", "pck_15px")
 
@@ -35,14 +35,15 @@ def predict_rows(head: KeypointHead, rows: list[dict], batch_size: int = 64) -> 
 
 def evaluate_keypoints(model_name: str, src: str, fmt: str | None, outdir: str, labels: str | None = None,
                        splits: list[str] | None = None, limit: int | None = None, address: str | None = None,
-                       n_pictures: int = 16, degrade: str | None = None) -> dict:
-    """Run the evaluation and write its files into ``outdir``; returns the metrics."""
+                       n_pictures: int = 16, degrade: str | None = None, prepare: PrepareRaw | None = None) -> dict:
+    """Run the evaluation and write its files into ``outdir``; returns the metrics. ``prepare``: how a raw
+    dataset is detected and cropped first (see :func:`.common.load_rows`)."""
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     head = KeypointHead.load(model_name)
     info, meta, scheme = head.info, head.meta, head.scheme
     rows = labelled_face_rows(load_rows(src, fmt, out, labels=labels, address=address, splits=splits, limit=limit,
-                                        all_faces=True, degrade=degrade))
+                                        all_faces=True, degrade=degrade, prepare=prepare))
     if not rows:
         raise ValueError(f"no labelled keypoints in {src}; evaluation needs a keypoint format (udacity68, kaggle15)")
     unit = predict_rows(head, rows)
@@ -72,8 +73,7 @@ def evaluate_keypoints(model_name: str, src: str, fmt: str | None, outdir: str, 
         w.writerow(["path", "status", "failed"] + [f"{a}{k}" for k in range(scheme.n_points) for a in ("x", "y")])
         for r, fl, p in zip(rows, failed, pred_orig):
             w.writerow([r["path"], r["status"], int(fl)] + [f"{v:.2f}" for v in p.reshape(-1)])
-    (out / "model.json").write_text(json.dumps({k: v for k, v in info.items() if k != "meta"} | {
-        "meta": {k: v for k, v in meta.items() if k != "history"}}, indent=2, default=str))
+    write_model_json(info, meta, out / "model.json", leave_out=("history",))
     from .pictures import keypoint_grid, plot_curves
     keypoint_grid(rows, failed, unit, tgt_unit, scheme, out / "samples.png", n=n_pictures)
     if meta.get("history"):
@@ -86,8 +86,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                          "metrics.json, predictions.csv, evaluation.csv, plots")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, prepare: PrepareRaw | None = None) -> int:
     m = evaluate_keypoints(args.model, args.input, args.format, args.output, labels=args.labels,
-                           splits=args.split, limit=args.limit, address=args.address, degrade=args.degrade)
+                           splits=args.split, limit=args.limit, address=args.address, degrade=args.degrade,
+                           prepare=prepare)
     print(json.dumps(m, indent=2))
     return 0

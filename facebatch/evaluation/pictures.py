@@ -30,5 +30,5 @@ def keypoint_grid(rows, failed, pred_unit, tgt_unit, scheme, path: Path, n: int 
 
 
 def plot_curves(history: list[dict], path: Path) -> Path:
-    from ..training.plots import plot_history
+    from ..plots import plot_history
     return plot_history(history, path, "val")

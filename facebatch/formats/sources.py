@@ -157,7 +157,8 @@ def _resolve_labels(labels: str, source: str, filesystem: Any) -> tuple[Any, str
     return resolve_fs(labels)
 
 
-def _need_dir(fs: Any, root: str, fmt: str, hint: str) -> None:
+def need_dir(fs: Any, root: str, fmt: str, hint: str) -> None:
+    """Raise ``ValueError`` (with ``hint``) unless ``root`` is a folder: format ``fmt`` reads folders."""
     if not fs.isdir(root):
         raise ValueError(f"input {to_uri(fs, root)} is a file, but format {fmt!r} needs a folder; {hint}")
 
@@ -183,7 +184,7 @@ def _table_source(fs: Any, root: str, lab: Labels, fmt: str) -> tuple[Any, str, 
     """``(table_fs, table_path, base_dir)`` for table formats: the table given as --input (paths
     relative to its folder), or a folder as --input with the table as --labels."""
     if lab is not None:
-        _need_dir(fs, root, fmt, "with --labels, --input is the folder the table's paths are relative to")
+        need_dir(fs, root, fmt, "with --labels, --input is the folder the table's paths are relative to")
         return lab[0], lab[1], root
     if fs.isdir(root):
         raise ValueError(f"input {to_uri(fs, root)} is a folder, but format {fmt!r} reads a table: "
@@ -206,12 +207,12 @@ def _split_of(parts: list[str]) -> str | None:
 # --- readers -----------------------------------------------------------------------------------
 
 def _folder(fs: Any, root: str, lab: Labels) -> list[InputRecord]:
-    _need_dir(fs, root, "folder", "to read a list of files use format 'manifest'")
+    need_dir(fs, root, "folder", "to read a list of files use format 'manifest'")
     return [InputRecord(path=to_uri(fs, p)) for p in find_images(fs, root)]
 
 
 def _classes(fs: Any, root: str, lab: Labels) -> list[InputRecord]:
-    _need_dir(fs, root, "classes", "give the folder that holds one sub-folder per class")
+    need_dir(fs, root, "classes", "give the folder that holds one sub-folder per class")
     out, loose = [], 0
     for p in find_images(fs, root):
         parts = relative_parts(root, p)
@@ -274,7 +275,7 @@ def _read_udacity(fs: Any, path: str) -> dict:
 
 
 def _udacity68(fs: Any, root: str, lab: Labels) -> list[InputRecord]:
-    _need_dir(fs, root, "udacity68", "give the folder holding training/ and "
+    need_dir(fs, root, "udacity68", "give the folder holding training/ and "
               "training_frames_keypoints.csv, or the image folder with --labels CSV")
     if lab is not None:
         pairs = [(lab[0], lab[1], root)]
@@ -332,7 +333,7 @@ def _kaggle15(fs: Any, root: str, lab: Labels) -> list[InputRecord]:
 
 
 def _genki(fs: Any, root: str, lab: Labels) -> list[InputRecord]:
-    _need_dir(fs, root, "genki", "give the folder holding labels.txt and files/")
+    need_dir(fs, root, "genki", "give the folder holding labels.txt and files/")
     lfs, lpath = lab if lab is not None else (fs, join(root, "labels.txt"))
     require_exists(lfs, lpath, "GENKI labels.txt", "expected beside files/; or pass --labels")
     img_dir = join(root, "files") if fs.isdir(join(root, "files")) else root
@@ -355,7 +356,7 @@ def _genki(fs: Any, root: str, lab: Labels) -> list[InputRecord]:
 
 
 def _celeba(fs: Any, root: str, lab: Labels) -> list[InputRecord]:
-    _need_dir(fs, root, "celeba", "give the folder holding list_attr_celeba.txt and the images")
+    need_dir(fs, root, "celeba", "give the folder holding list_attr_celeba.txt and the images")
     lfs, lpath = lab if lab is not None else (fs, join(root, "list_attr_celeba.txt"))
     require_exists(lfs, lpath, "CelebA list_attr_celeba.txt", "expected in --input; or pass --labels")
     attrs = parse_celeba_attrs(read_text(lfs, lpath), to_uri(lfs, lpath))

@@ -3,10 +3,40 @@
 
 Layering: core (geometry, imaging, formats, detection, keypoints, attributes, models) ->
 **inference** -> jobs and services (preprocess, annotate, serve, evaluation, training) -> cli.
-"""
-from .analyzer import UNKNOWN, FaceAnalyzer, FaceResult
-from .heads import AttributeHead, KeypointHead, load_model
-from .inputs import CropFrame, InputSpec, decode_crop, face_crop, model_input, to_tensor
 
-__all__ = ["AttributeHead", "CropFrame", "FaceAnalyzer", "FaceResult", "InputSpec", "KeypointHead", "UNKNOWN",
-           "decode_crop", "face_crop", "load_model", "model_input", "to_tensor"]
+``import facebatch.inference`` does not import torch: :class:`AnalyzerConfig` (:mod:`.config`)
+is torch-free, so a job's driver can build one; every other name is loaded from its module
+(which imports torch) on first use.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from .config import AnalyzerConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .analyzer import UNKNOWN, FaceAnalyzer, FaceResult
+    from .heads import AttributeHead, KeypointHead, load_model
+    from .inputs import CropFrame, InputSpec, decode_crop, face_crop, model_input, to_tensor
+
+# name -> the module it is loaded from on first use
+_LAZY = {**dict.fromkeys(("UNKNOWN", "FaceAnalyzer", "FaceResult"), "analyzer"),
+         **dict.fromkeys(("AttributeHead", "KeypointHead", "load_model"), "heads"),
+         **dict.fromkeys(("CropFrame", "InputSpec", "decode_crop", "face_crop", "model_input", "to_tensor"), "inputs")}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+__all__ = ["AnalyzerConfig", "AttributeHead", "CropFrame", "FaceAnalyzer", "FaceResult", "InputSpec", "KeypointHead",
+           "UNKNOWN", "decode_crop", "face_crop", "load_model", "model_input", "to_tensor"]

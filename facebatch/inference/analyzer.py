@@ -95,6 +95,13 @@ class FaceAnalyzer:
                  identity_threshold: float | None = None, heads: Sequence[AnalyzerHead] = ()) -> None:
         self.detector, self.gallery = detector, gallery
         self.heads: list[AnalyzerHead] = [h for h in (keypoints, attributes) if h is not None] + list(heads)
+        if attributes is not None and any(_has_embedding(h) for h in heads):
+            attributes.embedding_output = False  # a dedicated identity model gives the embedding
+        for h in self.heads:
+            for col in getattr(h, "requires", ()):
+                if not any(c == col for g in self.heads if g is not h for o in g.declares() for c, _ in o.columns()):
+                    raise ValueError(f"head {h.name!r} needs {col!r}, which no loaded head gives "
+                                     "(load a keypoint model, or choose another alignment)")
         declared = [o for h in self.heads for o in h.declares()]
         if gallery is not None and self.embedding_head is None:
             raise ValueError("a gallery needs a model with an identity embedding")
@@ -113,7 +120,7 @@ class FaceAnalyzer:
     def load(cls, detector: str | BatchDetector = "mobilenet", keypoints: str | None = "keypoints68",
              attributes: str | None = "attributes", gallery: str | None = None, device: str = "cpu",
              identity_threshold: float | None = None, runtime: str | None = None,
-             heads: Sequence[str] = (), **detector_options) -> "FaceAnalyzer":
+             heads: Sequence[str] = (), identity: str | None = None, **detector_options) -> "FaceAnalyzer":
         """Load every model once.
 
         Args:
@@ -129,6 +136,9 @@ class FaceAnalyzer:
                 else ``auto``. onnxruntime falls back to torch with a warning if it cannot be used;
                 :meth:`describe` says which ran. The resnet50 detector runs in torch.
             heads: more heads by registered name (``name`` or ``module:name``, :mod:`.registry`).
+            identity: identity model (``identity``: the shipped one, :mod:`.identity`), or ``None``: no
+                identity model (the attributes model's own embedding, if it has one, is used). Load it
+                only where an output needs it (a gallery, embeddings): it processes biometric data.
             **detector_options: :class:`~facebatch.detection.DetectorConfig` fields
                 (``score_threshold``, ``max_side``, ``weights_dir``, ...).
         """
@@ -141,6 +151,9 @@ class FaceAnalyzer:
         kp = KeypointHead.load(keypoints, device, runtime=runtime) if _wanted(keypoints) else None
         at = AttributeHead.load(attributes, device, runtime=runtime) if _wanted(attributes) else None
         extra = [create_head(h, device=device, runtime=runtime) for h in heads]
+        if _wanted(identity):
+            from .identity import IdentityHead
+            extra.append(IdentityHead(identity, device=device, runtime=runtime))
         g = None
         if gallery:
             from ..attributes.gallery import Gallery
@@ -231,20 +244,14 @@ class FaceAnalyzer:
             return results
         kinds = kinds_wanted(keypoints=keypoints, attributes=attributes, identity=identity, embedding=embedding)
         decide = DECISION in kinds and self.gallery is not None
-        for head in self.heads:
-            wanted = {o.name for o in head.declares() if o.kind in kinds}
-            if decide and head is self.embedding_head:
-                wanted.add("embedding")
-            if wanted:
-                self._run_head(head, batch, wanted)
+        for head, wanted in self._plan(kinds, decide):
+            self._run_head(head, batch, wanted)
         if decide:
             names = self.gallery.match(np.asarray(batch.values["embedding"]), float(self.identity_threshold))
             batch.values["identity"] = [n for n, _ in names]
             batch.values["identity_similarity"] = [float(s) for _, s in names]
-        if EMBEDDING not in kinds:
-            for o in self.outputs:
-                if o.kind == EMBEDDING:
-                    batch.values.pop(o.name, None)
+        asked = {c for o in self.outputs if o.kind in kinds for c, _ in o.columns()}
+        batch.values = {c: v for c, v in batch.values.items() if c in asked}  # not what only fed another head
         frame = next((h.input.frame for h in self.heads if getattr(h, "input", None) is not None), CropFrame())
         for k, (i, f) in enumerate(batch.faces):
             x1, y1, x2, y2 = (float(v) for v in f.box)
@@ -273,6 +280,19 @@ class FaceAnalyzer:
         return [[f.to_dict() for f in r] for r in self.analyze([np.asarray(im) for im in batch])]
 
     # ------------------------------------------------------------------ internals
+    def _plan(self, kinds: set[str], decide: bool) -> list[tuple[AnalyzerHead, set[str]]]:
+        """Heads to run, in order, with the outputs each must give: those of the kinds asked for,
+        the embedding a gallery decision needs, and what a running head ``requires`` of another."""
+        wanted = {h: {o.name for o in h.declares() if o.kind in kinds} for h in self.heads}
+        if decide:
+            wanted[self.embedding_head].add("embedding")
+        for h in reversed(self.heads):  # a head needs only heads before it
+            if wanted[h]:
+                for col in getattr(h, "requires", ()):
+                    producer = next(g for g in self.heads for o in g.declares() if col in dict(o.columns()))
+                    wanted[producer].add(next(o.name for o in producer.declares() if col in dict(o.columns())))
+        return [(h, wanted[h]) for h in self.heads if wanted[h]]
+
     def _run_head(self, head: AnalyzerHead, batch: FaceBatch, wanted: set[str]) -> None:
         """Run one head; keep the columns of the outputs asked for; time it (its crops apart)."""
         frame = getattr(head, "input", None)

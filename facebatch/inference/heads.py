@@ -7,7 +7,7 @@ own :class:`~facebatch.inference.inputs.InputSpec`; evaluation, enrollment, thre
 and the analyzer all call these. As analyzer heads (:class:`~facebatch.inference.registry.AnalyzerHead`)
 they declare their outputs by kind (:mod:`.outputs`) and fill them for a :class:`FaceBatch`.
 
-The networks' forward passes run in onnxruntime on CPU by default (:mod:`facebatch.ort`:
+The networks' forward passes run in onnxruntime on CPU by default (:mod:`facebatch.runtime`:
 ``runtime=`` or ``$FACEBATCH_CPU_RUNTIME``; torch on CUDA, and for the autoencoder's scores and
 the seed models' ``embed``); :meth:`_Head.describe` records the runtime that ran.
 """
@@ -23,7 +23,7 @@ from ..keypoints.models import predict_with_flip
 from ..keypoints.schemes import get_scheme, ibug68_to_kaggle15
 from ..modelio import load_model as _load_file
 from ..models import ATTRIBUTE_LOGITS, BINARY_LOGITS, EMBEDDING, POINTS, RECONSTRUCTION, get_spec
-from ..ort import accelerate
+from ..runtime import accelerate
 from .inputs import InputSpec, model_input
 from .outputs import BINARY, EMBEDDING as EMBEDDING_KIND, KEYPOINTS, Output
 from .registry import FaceBatch
@@ -131,6 +131,7 @@ class AttributeHead(_Head):
         super().__init__(model, info)
         self.attributes = list(self.meta.get("attributes") or [])
         self.has_embedding = EMBEDDING in self.spec.outputs
+        self.embedding_output = True  # declared as the analyzer's embedding (off beside an identity model)
         outs = self.spec.outputs
         if ATTRIBUTE_LOGITS in outs:
             fitted = self.meta.get("thresholds") or {}
@@ -173,12 +174,13 @@ class AttributeHead(_Head):
     def declares(self) -> list[Output]:
         """One binary output per attribute, and ``embedding`` if the model has one."""
         outs = [Output(a, BINARY, f"score >= {self.thresholds[a]:.4g}") for a in self.attributes]
-        if self.has_embedding:
+        if self.has_embedding and self.embedding_output:
             outs.append(Output("embedding", EMBEDDING_KIND, f"{self.info['model']} identity embedding"))
         return outs
 
     def run(self, faces: FaceBatch, wanted: set[str]) -> dict[str, list]:
-        out = self.outputs(faces.input(self.input), embedding=self.has_embedding and "embedding" in wanted)
+        out = self.outputs(faces.input(self.input),
+                           embedding=self.has_embedding and self.embedding_output and "embedding" in wanted)
         res: dict[str, list] = {}
         for a, s in out["scores"].items():
             if a in wanted:

@@ -19,11 +19,10 @@ import json
 import sys
 import traceback
 
-from ..commands.detect import add_detector_arguments
-from ..detection import DetectorConfig
+from ..detection.options import add_detector_arguments, detector_config_from_args
 from .config import PROGRESS_MODES, PreprocessConfig
 from .rows import CropConfig
-from .shards import RETRY_ON_RESUME
+from ..batch.shards import RETRY_ON_RESUME
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -78,10 +77,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
-    from ..commands.detect import detector_options
     return PreprocessConfig(
         input=args.input, output=args.output, format=args.format, labels=args.labels,
-        detector=DetectorConfig(backend=args.backend, **detector_options(args)),
+        detector=detector_config_from_args(args),
         crop=CropConfig(crop_size=args.crop_size, margin=args.margin, all_faces=args.all_faces,
                         keep_crops=not args.no_crops),
         shard_size=args.shard_size, max_pixels=args.max_pixels, val_fraction=args.val_fraction,
@@ -116,8 +114,9 @@ def print_summary(s: dict, stream=sys.stdout) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the job; expected failures print one line (``-v``: with the traceback), no raw traceback:
     bad options/inputs/storage exit 2, a run stopped part-way exits 1, Ctrl-C exits 130."""
-    from .pipeline import Interrupted, JobFailed, run_preprocess
-    from .shards import OutputCheckError
+    from ..batch.check import OutputCheckError
+    from ..batch.errors import JobFailed
+    from .pipeline import Interrupted, run_preprocess
     verbose = getattr(args, "verbose", False)
     try:
         cfg = config_from_args(args)

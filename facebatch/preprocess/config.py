@@ -1,11 +1,10 @@
 """The preprocess job's options, validated before any work starts."""
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import asdict, dataclass, field
 
-from ..detection import BACKENDS, DetectorConfig
+from ..detection import DetectorConfig
 from ..imaging import DEFAULT_MAX_PIXELS
 from .rows import CropConfig
 
@@ -69,8 +68,6 @@ class PreprocessConfig:
         from ..formats.sources import FORMATS
         if self.format not in FORMATS:
             raise ValueError(f"unknown --format {self.format!r}; choose one of: {', '.join(FORMATS)}")
-        if self.detector.backend not in BACKENDS:
-            raise ValueError(f"unknown --backend {self.detector.backend!r}; choose one of: {', '.join(BACKENDS)}")
         self.detector.validate()
         self.crop.validate()
         if self.shard_size < 1:
@@ -122,39 +119,3 @@ class PreprocessConfig:
         d["detector"] = {k: v for k, v in d["detector"].items() if k not in ("device", "batch_size", "weights_dir")}
         return d
 
-
-def plan_workers(cfg: PreprocessConfig, cluster_cpus: float, cluster_gpus: float,
-                 node_cpus: float | None = None) -> tuple[int, float, int]:
-    """``(actors, cpus per actor, torch threads per actor)`` that leave CPU for the read tasks.
-
-    On CPU each actor runs one torch thread (``--cpus-per-worker 2`` gives two); the pool
-    gets one actor per core, and a tenth of the cluster's CPUs (at least half a core) is
-    kept free for the read and decode tasks so they cannot be starved.
-
-    Raises ``ValueError`` (before any work) when the actors cannot all be placed: a CUDA
-    device on a cluster without GPUs, more CPUs per actor than the largest node
-    (``node_cpus``) has, or a pool larger than the cluster. Ray would wait for them forever.
-    """
-    largest = node_cpus if node_cpus is not None else cluster_cpus
-    if cfg.cpus_per_worker is not None and cfg.cpus_per_worker > largest:
-        raise ValueError(f"--cpus-per-worker {cfg.cpus_per_worker:g} but the largest node has {largest:g} CPUs "
-                         f"(cluster: {cluster_cpus:g}); choose at most {largest:g}")
-    if cfg.gpus_per_worker > 0:
-        if cluster_gpus <= 0:
-            raise ValueError(f"--device {cfg.detector.device} but the cluster has no GPUs; use --device cpu")
-        if cluster_gpus < cfg.gpus_per_worker:
-            raise ValueError(f"--gpus-per-worker {cfg.gpus_per_worker} but the cluster has {cluster_gpus} GPUs")
-        n = cfg.workers or max(1, int(cluster_gpus // cfg.gpus_per_worker))
-        if n * cfg.gpus_per_worker > cluster_gpus + 1e-9:
-            raise ValueError(f"--workers {n} x --gpus-per-worker {cfg.gpus_per_worker:g} needs more than the "
-                             f"cluster's {cluster_gpus:g} GPUs")
-        return n, cfg.cpus_per_worker or 1.0, max(1, int(cfg.cpus_per_worker or 1))
-    if cfg.workers and cfg.cpus_per_worker and cfg.workers * cfg.cpus_per_worker > cluster_cpus + 1e-9:
-        raise ValueError(f"--workers {cfg.workers} x --cpus-per-worker {cfg.cpus_per_worker:g} needs more than "
-                         f"the cluster's {cluster_cpus:g} CPUs")
-    n = cfg.workers or max(1, int(round(cluster_cpus)))
-    reserve = max(0.5, 0.1 * cluster_cpus)
-    cpw = cfg.cpus_per_worker or max(0.1, math.floor((cluster_cpus - reserve) / n * 100) / 100)
-    # One torch thread per actor unless whole CPUs are given explicitly: scaling out with actors is
-    # faster for small convolutions, and rows do not depend on how many actors ran.
-    return n, cpw, max(1, int(cfg.cpus_per_worker or 1))

@@ -12,6 +12,8 @@ code   status              when
 =====  ==================  ==========================================================
 400    bad_request         bad query option or multipart form without a ``file`` field
 401    unauthorized        token missing or wrong (header ``WWW-Authenticate: Bearer``)
+403    forbidden           no token is set and the request reached the server at a non-loopback
+                           address (allowed with ``insecure``)
 404    not_found           unknown path
 405    method_not_allowed  e.g. GET /v1/annotate
 413    body_too_large      body over ``max_body_mb`` (Content-Length, or counted while read)
@@ -38,7 +40,7 @@ from email.policy import HTTP
 from typing import Any, Protocol
 
 from ..imaging import decode_image
-from .options import ServeOptions
+from .options import ServeOptions, check_exposure
 
 log = logging.getLogger(__name__)
 
@@ -95,19 +97,23 @@ def _flag(name: str, v: str) -> bool:
 
 def shape_faces(faces: list, opts: AnnotateOptions) -> list[dict]:
     """FaceResults computed with every part on -> what ``FaceAnalyzer.analyze(..., **opts)``
-    followed by ``to_dict(embedding=opts.embedding)`` gives (fields of a part that was not asked
-    for are ``None``, attributes absent, embedding only when asked)."""
+    followed by ``to_dict(embedding=opts.embedding)`` gives: the columns of an output kind that
+    was not asked for are ``None`` (binary and regression outputs absent, embeddings only when
+    asked). The fields come from the heads' declared outputs (``FaceResult.declared``)."""
+    from ..inference.outputs import BINARY, REGRESSION, kinds_wanted  # in the replica, which has torch
+    kinds = kinds_wanted(keypoints=opts.keypoints, attributes=opts.attributes, identity=opts.identity,
+                         embedding=opts.embedding)
     out = []
     for f in faces[: opts.max_faces] if opts.max_faces is not None else faces:
         d = f.to_dict(embedding=opts.embedding)
-        if not opts.keypoints:
-            d["keypoints68"] = d["keypoints15"] = None
-        if not opts.attributes:
-            for a in f.attributes:
-                d.pop(a, None)
-                d.pop(f"{a}_label", None)
-        if not opts.identity:
-            d["identity"] = d["identity_similarity"] = None
+        for o in f.declared:
+            if o.kind in kinds:
+                continue
+            for col, _ in o.columns():
+                if o.kind in (BINARY, REGRESSION):
+                    d.pop(col, None)
+                elif col in d:
+                    d[col] = None
         out.append(d)
     return out
 
@@ -166,8 +172,18 @@ class AnnotateAPI:
         if request.method != method and not (method == "GET" and request.method == "HEAD"):
             raise ApiError(405, "method_not_allowed", f"{path} takes {method}", {"Allow": method})
         if path not in PUBLIC_PATHS:
+            self._check_exposure(request)
             self._check_token(request)
         return await fn(request, t0)
+
+    def _check_exposure(self, request) -> None:
+        """No token: answer only requests that reached the server at a loopback address."""
+        if self._token is None:
+            host = (request.scope.get("server") or ("",))[0]
+            try:
+                check_exposure(str(host), None, self.options)
+            except RuntimeError as e:
+                raise ApiError(403, "forbidden", str(e)) from None
 
     def _check_token(self, request) -> None:
         if self._token is None:

@@ -32,7 +32,7 @@ from ray import serve
 from ray.serve import Application
 
 from .api import AnnotateAPI, AnnotateOptions, shape_faces
-from .options import APP_NAME, TOKEN_ENV, ServeOptions, is_loopback
+from .options import APP_NAME, TOKEN_ENV, ServeOptions, check_exposure
 
 log = logging.getLogger("facebatch.serve")
 
@@ -44,11 +44,10 @@ class FaceModel:
     def __init__(self, options: dict) -> None:
         import torch
 
-        from ..inference import FaceAnalyzer
         self.options = ServeOptions.from_dict(options)
         torch.set_num_threads(self.options.threads())
         t = time.perf_counter()
-        self.fa = FaceAnalyzer.load(**self.options.analyzer_kwargs())
+        self.fa = self.options.analyzer.build()
         self.fa.analyze([np.zeros((64, 64, 3), np.uint8)])  # warm the detector's first-call costs
         self.load_s = time.perf_counter() - t
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="facemodel")
@@ -129,25 +128,6 @@ class _HandleModels:
         return await self.h.ready.remote()
 
 
-def serve_http_host() -> str | None:
-    """The host Serve's HTTP proxies listen on (asked from the Serve controller)."""
-    import ray
-    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
-    ctrl = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
-    return ray.get(ctrl.get_http_config.remote(), timeout=30).host
-
-
-def check_exposure(host: str | None, token: str | None, options: ServeOptions) -> None:
-    """Refuse to answer beyond this machine without a token (identities are personal data)."""
-    if token:
-        return
-    if options.require_token:
-        raise RuntimeError(f"require_token is set but no token was given (--token or ${TOKEN_ENV})")
-    if not options.insecure and not is_loopback(host):
-        raise RuntimeError(f"Serve's HTTP host is {host!r}, not loopback, and no token is set: set --token or "
-                           f"${TOKEN_ENV}, bind 127.0.0.1, or pass --insecure (insecure=true) to allow it")
-
-
 @serve.deployment(name="Ingress")
 class Ingress:
     """HTTP in, JSON out (:class:`facebatch.serve.api.AnnotateAPI`)."""
@@ -156,8 +136,7 @@ class Ingress:
         from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
         opts = ServeOptions.from_dict(options)
         token = opts.token or os.environ.get(TOKEN_ENV) or None
-        if not token and not opts.insecure:
-            check_exposure(serve_http_host(), token, opts)
+        check_exposure(None, token, opts)  # require_token; where requests come in is checked per request
         self.api = AnnotateAPI(_HandleModels(model), opts, token,
                                backpressure_errors=(BackPressureError,),
                                unavailable_errors=(DeploymentUnavailableError,))
@@ -198,4 +177,4 @@ def build_app(options: dict | ServeOptions | None = None) -> Application:
 app = build_app()
 """The default application (``serve run facebatch.serve.app:app``)."""
 
-__all__ = ["APP_NAME", "FaceModel", "Ingress", "app", "build_app"]
+__all__ = ["APP_NAME", "FaceModel", "Ingress", "app", "build_app", "check_exposure"]

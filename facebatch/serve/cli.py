@@ -23,18 +23,20 @@ import signal
 import sys
 import time
 
-from ..commands.detect import add_detector_arguments, detector_options
+from ..detection.options import add_detector_arguments, detector_config_from_args
+from ..inference.config import AnalyzerConfig
 from .options import APP_NAME, DEFAULT_PORT, TOKEN_ENV, ServeOptions, is_loopback
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = ServeOptions()
+    a = d.analyzer
     p.add_argument("--host", default="127.0.0.1", help="HTTP host to bind (non-loopback needs --token or --insecure)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="HTTP port")
     p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
     m = p.add_argument_group("models")
-    m.add_argument("--keypoints", default=d.keypoints, help="keypoint model: shipped name, file, or none")
-    m.add_argument("--attributes", default=d.attributes, help="attribute/identity model: shipped name, file, or none")
+    m.add_argument("--keypoints", default=a.keypoints, help="keypoint model: shipped name, file, or none")
+    m.add_argument("--attributes", default=a.attributes, help="attribute/identity model: shipped name, file, or none")
     m.add_argument("--gallery", default=None, help="identity gallery (.npz from `facebatch enroll`)")
     m.add_argument("--identity-threshold", type=float, default=None,
                    help="cosine similarity below which a face is 'unknown' (default: the gallery's)")
@@ -61,13 +63,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args: argparse.Namespace, token: str | None) -> ServeOptions:
-    det = detector_options(args)
-    device = det.pop("device")
-    return ServeOptions(detector=args.backend, keypoints=args.keypoints, attributes=args.attributes,
-                        gallery=args.gallery, device=device, identity_threshold=args.identity_threshold,
-                        detector_options={k: v for k, v in det.items() if v is not None},
-                        replicas=args.replicas, autoscale=args.autoscale, replica_cpus=args.replica_cpus,
-                        torch_threads=args.torch_threads, max_batch_size=args.max_batch_size,
+    analyzer = AnalyzerConfig(keypoints=args.keypoints, attributes=args.attributes, gallery=args.gallery,
+                              identity_threshold=args.identity_threshold, detector=detector_config_from_args(args))
+    return ServeOptions(analyzer=analyzer, replicas=args.replicas, autoscale=args.autoscale,
+                        replica_cpus=args.replica_cpus, torch_threads=args.torch_threads, max_batch_size=args.max_batch_size,
                         batch_wait_timeout_s=args.batch_wait_ms / 1000.0, max_body_mb=args.max_body_mb,
                         max_pixels=args.max_pixels, request_timeout_s=args.request_timeout_s,
                         max_queued_requests=args.max_queued_requests, token=token,

@@ -9,14 +9,21 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..imaging import DEFAULT_MAX_PIXELS
+from ..inference.config import AnalyzerConfig
 
 TOKEN_ENV = "FACEBATCH_SERVE_TOKEN"
 DEFAULT_PORT = 8000
 APP_NAME = "facebatch"
+#: flat keys that :meth:`ServeOptions.from_dict` takes into ``analyzer`` (``serve run ... key=value``
+#: and ``cluster/serve.yaml``'s ``args`` are flat): ``detector`` is the backend name,
+#: ``detector_options`` further :class:`~facebatch.detection.DetectorConfig` fields
+ANALYZER_KEYS = ("detector", "detector_options", "keypoints", "attributes", "gallery", "device",
+                 "identity_threshold", "runtime")
 
 
 @dataclass
@@ -24,8 +31,9 @@ class ServeOptions:
     """Everything the app needs; all fields are plain values (JSON/YAML friendly).
 
     Models:
-        detector, keypoints, attributes, gallery, device, identity_threshold, detector_options:
-        as :meth:`facebatch.inference.FaceAnalyzer.load` (a model of ``None``/``"none"`` is skipped).
+        analyzer: the :class:`~facebatch.inference.AnalyzerConfig` every model replica builds its
+        analyzer from (a model of ``None``/``"none"`` is skipped). :meth:`from_dict` also takes
+        its options as flat keys (:data:`ANALYZER_KEYS`).
     Scaling:
         replicas: model replicas (fixed); ``autoscale`` ``"MIN:MAX"`` replaces it.
         replica_cpus: CPUs reserved per model replica; torch_threads: intra-op threads (0: as many
@@ -41,13 +49,7 @@ class ServeOptions:
         without one; insecure: allow a non-loopback HTTP host without a token.
     """
 
-    detector: str = "mobilenet"
-    keypoints: str | None = "keypoints68"
-    attributes: str | None = "attributes"
-    gallery: str | None = None
-    device: str = "cpu"
-    identity_threshold: float | None = None
-    detector_options: dict = field(default_factory=dict)
+    analyzer: AnalyzerConfig = field(default_factory=AnalyzerConfig)
     replicas: int = 1
     autoscale: str | None = None
     replica_cpus: float = 1.0
@@ -71,25 +73,32 @@ class ServeOptions:
     def from_dict(cls, d: dict | "ServeOptions" | None) -> "ServeOptions":
         """From a dict (``serve run ... key=value`` gives strings; YAML gives typed values).
 
-        Unknown keys are an error (Serve's own config would ignore a misspelt key silently).
+        ``analyzer`` is an :class:`~facebatch.inference.AnalyzerConfig`, its ``to_dict()`` form or
+        that as JSON; the flat :data:`ANALYZER_KEYS` change it. Unknown keys are an error (Serve's
+        own config would ignore a misspelt key silently).
         """
         if isinstance(d, ServeOptions):
             return d
         d = dict(d or {})
         fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - set(fields))
+        unknown = sorted(set(d) - set(fields) - set(ANALYZER_KEYS))
         if unknown:
-            raise ValueError(f"unknown serve option(s) {', '.join(unknown)}; known: {', '.join(fields)}")
+            raise ValueError(f"unknown serve option(s) {', '.join(unknown)}; "
+                             f"known: {', '.join([*fields, *ANALYZER_KEYS])}")
+        flat = {k: d.pop(k) for k in ANALYZER_KEYS if k in d}
+        analyzer = _analyzer_config(d.pop("analyzer", None), flat)
         kw = {k: _coerce(fields[k], v) for k, v in d.items()}
-        return cls(**kw).validate()
+        return cls(analyzer=analyzer, **kw).validate()
 
     def to_dict(self, secrets: bool = False) -> dict:
         d = asdict(self)
+        d["analyzer"] = self.analyzer.to_dict()
         if not secrets:
             d["token"] = "***" if self.token else None
         return d
 
     def validate(self) -> "ServeOptions":
+        self.analyzer.validate()
         if self.max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {self.max_batch_size}")
         if self.replicas < 1 or self.ingress_replicas < 1:
@@ -147,11 +156,6 @@ class ServeOptions:
     def threads(self) -> int:
         return self.torch_threads if self.torch_threads > 0 else max(1, int(self.replica_cpus))
 
-    def analyzer_kwargs(self) -> dict[str, Any]:
-        return dict(detector=self.detector, keypoints=self.keypoints, attributes=self.attributes,
-                    gallery=self.gallery, device=self.device, identity_threshold=self.identity_threshold,
-                    **self.detector_options)
-
 
 def is_loopback(host: str | None) -> bool:
     """``127.0.0.1``, ``::1``, ``localhost``: reachable from this machine only."""
@@ -163,6 +167,49 @@ def is_loopback(host: str | None) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def check_exposure(host: str | None, token: str | None, options: ServeOptions) -> None:
+    """Refuse to answer beyond this machine without a token (identities are personal data).
+
+    ``host``: the address a request reached the server at (its ASGI ``server``), or ``None`` at
+    start-up, before any request, where only ``require_token`` is checked.
+    """
+    if token:
+        return
+    if options.require_token:
+        raise RuntimeError(f"require_token is set but no token was given (--token or ${TOKEN_ENV})")
+    if host is not None and not options.insecure and not is_loopback(host):
+        raise RuntimeError(f"this request reached Serve at {host!r}, not loopback, and no token is set: set --token "
+                           f"or ${TOKEN_ENV}, bind 127.0.0.1, or pass --insecure (insecure=true) to allow it")
+
+
+def _none(v: Any) -> Any:
+    return None if isinstance(v, str) and v.lower() in ("none", "null") else v
+
+
+def _mapping(name: str, v: Any) -> dict:
+    if isinstance(v, str):
+        v = json.loads(v)
+    if not isinstance(v, dict):
+        raise ValueError(f"{name} must be a mapping, got {v!r}")
+    return v
+
+
+def _analyzer_config(base: Any, flat: dict) -> AnalyzerConfig:
+    """``base`` (a config, its dict or JSON, or ``None``: the defaults) changed by the flat keys."""
+    if base is None or isinstance(base, AnalyzerConfig):
+        d = (base or AnalyzerConfig()).to_dict()
+    else:
+        d = AnalyzerConfig.from_dict(_mapping("analyzer", base)).to_dict()
+    det = d["detector"]
+    if "detector" in flat:
+        det["backend"] = str(flat.pop("detector"))
+    det.update(_mapping("detector_options", flat.pop("detector_options", None) or {}))
+    for k, v in flat.items():
+        v = _none(v)
+        d[k] = float(v) if k == "identity_threshold" and v is not None else v
+    return AnalyzerConfig.from_dict(d)
 
 
 def _coerce(f: dataclasses.Field, v: Any) -> Any:
@@ -181,11 +228,4 @@ def _coerce(f: dataclasses.Field, v: Any) -> Any:
         return int(v)
     if t.startswith("float"):
         return float(v)
-    if t.startswith("dict"):
-        if isinstance(v, str):
-            import json
-            v = json.loads(v)
-        if not isinstance(v, dict):
-            raise ValueError(f"{f.name} must be a mapping, got {v!r}")
-        return v
     return str(v)

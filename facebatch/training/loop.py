@@ -12,6 +12,8 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,120 +62,190 @@ def init_partial(model: torch.nn.Module, state: dict, source: str) -> list[str]:
     return fresh
 
 
-def train_loop_per_worker(config: dict) -> None:
-    """Ray Train entry: ``config = {"cfg": TrainConfig as dict, "steps_per_epoch": int}``."""
+@dataclass
+class _Progress:
+    """What carries from epoch to epoch, and through a checkpoint across a restart."""
+    start_epoch: int = 0
+    history: list = field(default_factory=list)
+    best: float | None = None
+    best_state: dict | None = None
+    train_s: float = 0.0
+    ema_state: dict | None = None
+
+    def bad_epochs(self, monitor: str) -> int:
+        """Epochs since the best one (early stopping picks up where a resumed run left off)."""
+        if not self.history or self.best is None:
+            return 0
+        return len(self.history) - 1 - max(i for i, h in enumerate(self.history) if h[monitor] == self.best)
+
+
+def _restore(ckpt, model: torch.nn.Module, opt: torch.optim.Optimizer) -> _Progress:
+    """Load a Ray Train checkpoint's model and optimiser state; returns where the run stood."""
+    with ckpt.as_directory() as d:
+        st = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=True)
+    model.load_state_dict(st["model"])
+    opt.load_state_dict(st["optimizer"])
+    meta = json.loads(st["meta"])
+    return _Progress(start_epoch=meta["epoch"] + 1, history=meta["history"], best=meta["best"],
+                     best_state=st["best_model"], train_s=meta["train_s"], ema_state=st.get("ema"))
+
+
+def _averaged(cfg: TrainConfig, raw: torch.nn.Module, state: dict | None):
+    """The EMA of the weights (``cfg.ema > 0``; what is validated, kept and exported), or None."""
+    if cfg.ema <= 0:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    ema = AveragedModel(raw, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+    if state is not None:
+        ema.load_state_dict(state)
+    return ema
+
+
+def _to(y, device: torch.device):
+    return y.to(device) if torch.is_tensor(y) else {k: v.to(device) for k, v in y.items()}
+
+
+@dataclass
+class _Worker:
+    """One Ray Train worker's model, optimiser and random state for the epoch loop."""
+    cfg: TrainConfig
+    task: Any
+    model: torch.nn.Module  # as Ray Train prepared it (DDP with several workers)
+    raw: torch.nn.Module  # the bare model
+    ema: Any
+    opt: torch.optim.Optimizer
+    device: torch.device
+    rank: int
+    rng: np.random.Generator
+    steps_per_epoch: int
+
+    def __post_init__(self) -> None:
+        self.judged = self.ema.module if self.ema is not None else self.raw
+        self.use_amp = self.cfg.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+
+    def train_epoch(self, shard, epoch: int) -> tuple[torch.Tensor, int]:
+        """One pass over this worker's shard; returns ``([loss * n, n] summed, the next step)``."""
+        cfg, task = self.cfg, self.task
+        self.model.train()
+        loss_sum, step = torch.zeros(2), epoch * self.steps_per_epoch
+        for batch in shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy", local_shuffle_buffer_size=2048,
+                                        local_shuffle_seed=cfg.seed + epoch * 31 + self.rank):
+            x, y = task.inputs(batch, train=True, rng=self.rng)
+            if len(x) == 0:
+                continue
+            for g in self.opt.param_groups:
+                g["lr"] = lr_at(cfg, step, self.steps_per_epoch)
+            x, y = x.to(self.device), _to(y, self.device)
+            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+                out = self.model(x)
+            loss = task.loss(out, y)
+            self.opt.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.opt)
+            self.scaler.update()
+            if self.ema is not None:
+                self.ema.update_parameters(self.raw)
+            loss_sum += torch.tensor([loss.item() * len(x), len(x)])
+            step += 1
+        return loss_sum, step
+
+    def validate(self, shard) -> torch.Tensor:
+        """The task's metric sums over this worker's validation shard (zeros when it is empty)."""
+        task = self.task
+        self.model.eval()
+        self.judged.eval()
+        sums = None
+        with torch.inference_mode():
+            for batch in shard.iter_batches(batch_size=128, batch_format="numpy"):
+                x, y = task.inputs(batch, train=False, rng=self.rng)
+                if len(x) == 0:
+                    continue
+                s = task.metric_sums(task.predict(self.judged, x.to(self.device)), _to(y, self.device)).cpu()
+                sums = s if sums is None else sums + s
+        return sums if sums is not None else torch.zeros(task.n_metric_sums)
+
+    def checkpoint_and_report(self, metrics: dict, prog: _Progress, epoch: int, stop: bool) -> None:
+        """Report the epoch to Ray Train; rank 0 attaches the checkpoint (model, optimiser, EMA, best, history)."""
+        import ray.train
+        with tempfile.TemporaryDirectory() as d:
+            checkpoint = None
+            if self.rank == 0:
+                torch.save({"model": self.raw.state_dict(), "optimizer": self.opt.state_dict(),
+                            "best_model": prog.best_state, "ema": None if self.ema is None else self.ema.state_dict(),
+                            "meta": json.dumps({"epoch": epoch, "history": prog.history, "best": prog.best,
+                                                "train_s": prog.train_s, "stopped_early": stop})},
+                           os.path.join(d, "state.pt"))
+                checkpoint = ray.train.Checkpoint.from_directory(d)
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def _print_epoch(cfg: TrainConfig, epoch: int, metrics: dict, improved: bool) -> None:
+    # Written to stdout directly: Ray Train patches print() to both print and log (to stderr),
+    # which showed every epoch line twice.
+    sys.stdout.write(f"[facebatch train] epoch {epoch + 1}/{cfg.epochs} " + " ".join(
+        f"{k}={v:.4g}" for k, v in metrics.items() if k not in ("epoch",)) + (" *" if improved else "") + "\n")
+    sys.stdout.flush()
+
+
+def _setup_worker(config: dict) -> tuple[_Worker, _Progress]:
+    """Build (or restore from Ray Train's checkpoint) this worker's model, optimiser and progress."""
     import ray.train
     import ray.train.torch
 
     cfg = TrainConfig(**config["cfg"])
     task = make_task(cfg)
-    ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
+    rank = ray.train.get_context().get_world_rank()
     torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
     torch.manual_seed(cfg.seed)  # same init on every worker (DDP also broadcasts)
-    rng = np.random.default_rng(cfg.seed * 1000 + rank)
     device = ray.train.torch.get_device()
     model = task.build_model()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start_epoch, history, best, best_state, train_s = 0, [], None, None, 0.0
     ckpt = ray.train.get_checkpoint()
     if cfg.init_from and not ckpt:
         from ..modelio import load_model
         init_partial(model, load_model(cfg.init_from)[0].state_dict(), cfg.init_from)
-    if ckpt:
-        with ckpt.as_directory() as d:
-            st = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=True)
-            model.load_state_dict(st["model"])
-            opt.load_state_dict(st["optimizer"])
-            best_state = st["best_model"]
-            meta = json.loads(st["meta"])
-            start_epoch, history, best, train_s = meta["epoch"] + 1, meta["history"], meta["best"], meta["train_s"]
-            rng = np.random.default_rng(cfg.seed * 1000 + rank + 7919 * start_epoch)
+    prog = _restore(ckpt, model, opt) if ckpt else _Progress()
+    rng = np.random.default_rng(cfg.seed * 1000 + rank + 7919 * prog.start_epoch)  # a resumed run draws anew
     model = ray.train.torch.prepare_model(model)
     raw = model.module if hasattr(model, "module") else model
-    ema = None
-    if cfg.ema > 0:  # the averaged weights are what is validated, kept and exported
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-        ema = AveragedModel(raw, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
-        if ckpt and st.get("ema") is not None:
-            ema.load_state_dict(st["ema"])
-    judged = ema.module if ema is not None else raw
-    use_amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
-    steps_per_epoch = max(1, config["steps_per_epoch"])
-    bad_epochs = 0
-    if history and best is not None:
-        bad_epochs = len(history) - 1 - max(i for i, h in enumerate(history) if h[task.monitor] == best)
-    for epoch in range(start_epoch, cfg.epochs):
+    worker = _Worker(cfg, task, model, raw, _averaged(cfg, raw, prog.ema_state), opt, device, rank, rng,
+                     max(1, config["steps_per_epoch"]))
+    return worker, prog
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train entry: ``config = {"cfg": TrainConfig as dict, "steps_per_epoch": int}``."""
+    import ray.train
+
+    w, prog = _setup_worker(config)
+    cfg, task = w.cfg, w.task
+    train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
+    bad_epochs = prog.bad_epochs(task.monitor)
+    for epoch in range(prog.start_epoch, cfg.epochs):
         t0 = time.perf_counter()
-        model.train()
-        loss_sum, n_seen, step = torch.zeros(2), 0, epoch * steps_per_epoch
-        for batch in train_shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy",
-                                              local_shuffle_buffer_size=2048, local_shuffle_seed=cfg.seed + epoch * 31 + rank):
-            x, y = task.inputs(batch, train=True, rng=rng)
-            if len(x) == 0:
-                continue
-            for g in opt.param_groups:
-                g["lr"] = lr_at(cfg, step, steps_per_epoch)
-            x, y = x.to(device), y.to(device) if torch.is_tensor(y) else {k: v.to(device) for k, v in y.items()}
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                out = model(x)
-            loss = task.loss(out, y)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            if ema is not None:
-                ema.update_parameters(raw)
-            loss_sum += torch.tensor([loss.item() * len(x), len(x)])
-            step += 1
+        loss_sum, step = w.train_epoch(train_shard, epoch)
         train_phase_s = time.perf_counter() - t0
-        model.eval()
-        judged.eval()
-        sums = None
-        with torch.inference_mode():
-            for batch in val_shard.iter_batches(batch_size=128, batch_format="numpy"):
-                x, y = task.inputs(batch, train=False, rng=rng)
-                if len(x) == 0:
-                    continue
-                x = x.to(device)
-                y = y.to(device) if torch.is_tensor(y) else {k: v.to(device) for k, v in y.items()}
-                s = task.metric_sums(task.predict(judged, x), y).cpu()
-                sums = s if sums is None else sums + s
-        sums = _all_reduce(sums if sums is not None else torch.zeros(task.n_metric_sums))
+        sums = _all_reduce(w.validate(val_shard))
         loss_sum = _all_reduce(loss_sum)
         epoch_s = time.perf_counter() - t0
-        train_s += epoch_s
+        prog.train_s += epoch_s
         metrics = {"epoch": epoch, "train_loss": float(loss_sum[0] / max(1, loss_sum[1])),
-                   "lr": lr_at(cfg, step - 1, steps_per_epoch), "epoch_s": epoch_s, "train_s": train_s,
+                   "lr": lr_at(cfg, step - 1, w.steps_per_epoch), "epoch_s": epoch_s, "train_s": prog.train_s,
                    "images_per_s": float(loss_sum[1]) / epoch_s,
                    "train_images_per_s": float(loss_sum[1]) / max(1e-9, train_phase_s), **task.finalize(sums)}
-        history.append(metrics)
+        prog.history.append(metrics)
         score = metrics[task.monitor]
-        improved = best is None or (score < best if task.mode == "min" else score > best)
+        improved = prog.best is None or (score < prog.best if task.mode == "min" else score > prog.best)
         if improved:
-            best, bad_epochs = score, 0
+            prog.best, bad_epochs = score, 0
         else:
             bad_epochs += 1
         if improved or cfg.keep == "last":
-            best_state = {k: v.detach().cpu().clone() for k, v in judged.state_dict().items()}
+            prog.best_state = {k: v.detach().cpu().clone() for k, v in w.judged.state_dict().items()}
         stop = cfg.patience > 0 and bad_epochs >= cfg.patience
-        if rank == 0:
-            # Written to stdout directly: Ray Train patches print() to both print and log (to stderr),
-            # which showed every epoch line twice.
-            sys.stdout.write(f"[facebatch train] epoch {epoch + 1}/{cfg.epochs} " + " ".join(
-                f"{k}={v:.4g}" for k, v in metrics.items() if k not in ("epoch",)) + (" *" if improved else "") + "\n")
-            sys.stdout.flush()
-        with tempfile.TemporaryDirectory() as d:
-            checkpoint = None
-            if rank == 0:
-                torch.save({"model": raw.state_dict(), "optimizer": opt.state_dict(), "best_model": best_state,
-                            "ema": None if ema is None else ema.state_dict(),
-                            "meta": json.dumps({"epoch": epoch, "history": history, "best": best, "train_s": train_s,
-                                                "stopped_early": stop})}, os.path.join(d, "state.pt"))
-                checkpoint = ray.train.Checkpoint.from_directory(d)
-            ray.train.report(metrics, checkpoint=checkpoint)
+        if w.rank == 0:
+            _print_epoch(cfg, epoch, metrics, improved)
+        w.checkpoint_and_report(metrics, prog, epoch, stop)
         if stop:
             break

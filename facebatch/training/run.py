@@ -139,7 +139,7 @@ def train(cfg: TrainConfig, address: str | None = None, resume: str | None = Non
         datasets={"train": train_ds, "val": val_ds},
         dataset_config=DataConfig(datasets_to_split=["train", "val"]),
     )
-    result = trainer.fit()
+    result = fit_and_release(trainer)
     wall = time.perf_counter() - t0
     with result.checkpoint.as_directory() as d:
         st = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=True)
@@ -156,13 +156,29 @@ def train(cfg: TrainConfig, address: str | None = None, resume: str | None = Non
         (run_dir / "history.json").write_text(json.dumps(history, indent=2))
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         try:
-            from .plots import plot_history
+            from ..plots import plot_history
             plot_history(history, run_dir / "curves.png", task.monitor)
         except Exception as exc:  # plots are a convenience; never fail a finished run over them
             log.warning("could not draw curves: %s", exc)
     if cfg.export:
         summary["export"] = str(export_model(cfg, task, st["best_model"], summary, history))
     return summary
+
+
+def fit_and_release(trainer):
+    """``trainer.fit()``, then Ray Train's Ctrl-C handler taken down again (the one that was there before is put
+    back). That handler holds the run's controller actor, so the controller and the data split coordinators it
+    started stayed alive after the run, for as long as the process (a test session, a notebook) lived; and a later
+    Ctrl-C would have gone to a finished run. Released, Ray stops them as soon as the result is read."""
+    import signal
+    import threading
+    main = threading.current_thread() is threading.main_thread()  # Ray Train sets the handler only there
+    previous = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        return trainer.fit()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def data_crop_frame(data) -> dict:

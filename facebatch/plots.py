@@ -1,4 +1,5 @@
-"""Training curves from a run's history (matplotlib, headless)."""
+"""Training curves from a run's history (matplotlib, headless): drawn by training at the end of a run
+and by evaluation from a model file's stored history."""
 from __future__ import annotations
 
 from pathlib import Path

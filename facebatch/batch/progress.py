@@ -1,4 +1,5 @@
-"""Progress for long jobs: a bar in a terminal, a plain line every few seconds in logs.
+"""Progress for long jobs: a bar in a terminal, a plain line every few seconds in logs
+(:class:`Progress`); wall and CPU seconds per step of a worker (:class:`StepClock`).
 
 In ``log`` mode a heartbeat thread prints a line every ``every`` seconds even when nothing
 finished, saying what the job waits for, so a stalled run (an S3 outage being retried, a
@@ -85,3 +86,22 @@ class Progress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+class StepClock:
+    """Wall and CPU seconds of a worker's steps, accumulated by name (``lap`` ends a step)."""
+
+    def __init__(self) -> None:
+        self.wall: Counter = Counter()
+        self.cpu: Counter = Counter()
+        self._w, self._c = time.perf_counter(), time.process_time()
+
+    def lap(self, name: str) -> None:
+        w, c = time.perf_counter(), time.process_time()
+        self.wall[name] += w - self._w
+        self.cpu[name] += c - self._c
+        self._w, self._c = w, c
+
+    @staticmethod
+    def rounded(d: Counter) -> dict:
+        return {k: round(v, 4) for k, v in d.items()}

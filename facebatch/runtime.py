@@ -1,6 +1,7 @@
-"""The CPU runtime: run a torch module's forward in onnxruntime, on the same weights.
+"""Runtime choice: what runs a torch module's forward, on CPU and on CUDA.
 
-On CPU, onnxruntime runs the RetinaFace-MobileNet detector and the keypoint networks markedly
+:func:`accelerate` picks it per model: onnxruntime on CPU (on the same weights), torch on CUDA,
+or what ``runtime=`` / ``$FACEBATCH_CPU_RUNTIME`` asks for (:func:`requested_runtime`). On CPU, onnxruntime runs the RetinaFace-MobileNet detector and the keypoint networks markedly
 faster than torch on the same weights (``bench/onnx_bench.py``, docs/BENCHMARKS.md "CPU runtime").
 :func:`accelerate` exports a module with ``torch.onnx.export`` (opset 17, dynamic batch and,
 where asked, dynamic height/width), caches the file, opens an onnxruntime session and checks it
