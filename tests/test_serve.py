@@ -141,7 +141,7 @@ def test_options_embedding_multipart_and_no_face(server, analyzer, photo_files, 
     r = post(data=data, params={"embedding": 1, "keypoints": 0, "max_faces": 1})
     want = analyzer.analyze([decode_image(data).image], max_faces=1, keypoints=False, embedding=True)[0]
     _close(r.json()["faces"], [f.to_dict(embedding=True) for f in want])
-    assert len(r.json()["faces"][0]["embedding"]) == 167 and r.json()["faces"][0]["keypoints68"] is None  # shipped LDA embedding
+    assert len(r.json()["faces"][0]["embedding"]) == 128 and r.json()["faces"][0]["keypoints68"] is None  # identity model
     form = requests.post(URL + "/v1/annotate", files={"file": ("x.jpg", data, "image/jpeg")}, headers=AUTH, timeout=60)
     raw = post(data=data)
     assert form.status_code == 200 and form.json() == raw.json()
@@ -257,7 +257,8 @@ def test_command_serves_until_ctrl_c(tmp_path, mobilenet_weights):
     env = {**os.environ, "FACEBATCH_SERVE_TOKEN": TOKEN, "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)
     cmd = [sys.executable, "-m", "facebatch.cli", "serve", "--port", str(CLI_PORT), "--keypoints", "none",
-           "--attributes", "none", "--weights-dir", str(mobilenet_weights.parent), "--max-batch-size", "4"]
+           "--attributes", "none", "--weights-dir", str(mobilenet_weights.parent), "--max-batch-size", "4",
+           "--head", "tests.brightness_head:brightness"]  # a test-only head, named: all it takes to be served
     log = open(tmp_path / "serve.log", "w+")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env,
                             cwd=Path(__file__).resolve().parents[1])
@@ -272,6 +273,7 @@ def test_command_serves_until_ctrl_c(tmp_path, mobilenet_weights):
                           data=badimages._jpeg(np.asarray(badimages.load_faces()[0])))
         assert r.status_code == 200 and len(r.json()["faces"]) == 1 and "box" in r.json()["faces"][0]
         assert "keypoints68" not in r.json()["faces"][0]  # no keypoint model, no keypoint field
+        assert 0.05 < r.json()["faces"][0]["brightness"] < 0.95  # the named head's regression output
         children = psutil.Process(proc.pid).children(recursive=True)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=120) == 0

@@ -1,6 +1,7 @@
 """Annotate every new or changed photo in a folder or bucket: faces, keypoints, attributes, identity.
 
-The FaceAnalyzer (detector + keypoints68 + attributes, optional enroll gallery) run at scale on
+The FaceAnalyzer (detector + keypoints68 + attributes; the identity model with --gallery or
+--embeddings) run at scale on
 Ray Data. Incremental by default: the listing is diffed against DST/_state/manifest.parquet and
 only new and changed objects are processed; deleted ones are recorded. Each run writes
 DST/dt=YYYY-MM-DD/run=RUN_ID/part-*.parquet (one row per face, per image without a face and
@@ -33,10 +34,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
     m = p.add_argument_group("models")
     m.add_argument("--keypoints", default=a.keypoints, help="keypoint model: shipped name, model file, or none")
-    m.add_argument("--attributes", default=a.attributes, help="attribute/identity model: shipped name, file, or none")
-    m.add_argument("--gallery", default=None, help="an `enroll` gallery: fills identity and identity_similarity")
+    m.add_argument("--attributes", default=a.attributes, help="attribute model: shipped name, file, or none")
+    m.add_argument("--gallery", default=None, help="an `enroll` gallery (same identity model): fills identity and "
+                                                    "identity_similarity")
     m.add_argument("--embeddings", action="store_true",
-                   help="store each face's identity embedding (167 numbers with the shipped model; biometric data; off by default)")
+                   help="store each face's identity embedding (128 numbers from the identity model; biometric data; "
+                        "off by default)")
+    m.add_argument("--identity", default="identity", metavar="MODEL",
+                   help="identity model, run only when --gallery or --embeddings asks for it: identity (the shipped "
+                        "recognition network) or a model file with an embedding")
+    m.add_argument("--head", action="append", default=[], metavar="NAME",
+                   help="another analyzer head by registered name or module:name (repeatable); its declared "
+                        "outputs become columns")
     m.add_argument("--crops", action="store_true", help="store each face's 256 px JPEG crop (off by default)")
     f = m.add_mutually_exclusive_group()
     f.add_argument("--all-faces", dest="all_faces", action="store_true", default=True,
@@ -64,7 +73,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> AnnotateConfig:
+    wants_identity = bool(args.gallery or args.embeddings)  # identity processing only when an output needs it
     analyzer = AnalyzerConfig(keypoints=args.keypoints, attributes=args.attributes, gallery=args.gallery,
+                              identity=args.identity if wants_identity else None, heads=tuple(args.head),
                               detector=detector_config_from_args(args))
     return AnnotateConfig(
         input=args.input, output=args.output, analyzer=analyzer, embeddings=args.embeddings, crops=args.crops,

@@ -20,7 +20,8 @@ class AnnotateConfig:
         analyzer: the models (keypoints, attributes: shipped name, model file, or ``none``), the
             ``enroll`` gallery for identities (``None``: identity columns null), the detector
             options (as ``preprocess``) and the device; each actor builds its analyzer from it.
-        embeddings: store the identity embedding (167-d with the shipped model; biometric data: off by default).
+        embeddings: store the identity embedding (128-d from the identity model, which then runs;
+            biometric data: off by default).
         crops: store the 256 px JPEG crop of each face.
         all_faces: one row per face (default); ``False``: only the largest face.
         decode: ``draft`` (JPEG decoded at the smallest scale the detector needs) or ``full``.
@@ -59,6 +60,8 @@ class AnnotateConfig:
     def validate(self) -> "AnnotateConfig":
         if self.gpus_per_worker > 0 and self.analyzer.device == "cpu":
             self.analyzer.device = "cuda"
+        if self.embeddings and self.analyzer.identity is None:
+            self.analyzer.identity = "identity"  # embeddings come from the identity model
         self.analyzer.validate()
         if self.decode not in DECODE_MODES:
             raise ValueError(f"--decode must be one of {DECODE_MODES}, got {self.decode!r}")

@@ -42,7 +42,7 @@ def _hist_svg(values: np.ndarray, title: str, bins: int = 20, rng=None, w: int =
 
 
 def _sheet(rows: list[dict], attrs: list[str], options: dict) -> str:
-    from .decode import decode_scaled
+    from ..imaging import decode_scaled
     cols = 8
     n = len(rows)
     if n == 0:

@@ -1,11 +1,12 @@
 """Enroll people into a face gallery (.npz), or match faces against one.
 
-    facebatch enroll --input PEOPLE/ --output gallery.npz [--model attributes]
+    facebatch enroll --input PEOPLE/ --output gallery.npz [--model identity]
     facebatch enroll --match PHOTOS/ --gallery gallery.npz [--threshold 0.5] [--output matches.csv]
 
 --input holds one sub-folder per person (the folder name is the person's name) with one or
 more photos each. Every photo is decoded, its largest face detected, cut and embedded with
-MODEL (a shipped name or a model file with an identity embedding) through
+MODEL (``identity``, the shipped recognition network: 128-d; or a model file with an identity
+embedding) through
 :class:`~facebatch.inference.FaceAnalyzer`, in this process (no Ray job: a gallery is a
 handful of photos per person). Each person's centroid is stored in an open-set
 :class:`~facebatch.attributes.gallery.Gallery` with the model's name and weights hash.
@@ -67,16 +68,25 @@ def _embed_files(analyzer, paths: list[Path]) -> list[dict]:
 def _analyzer(model: str, gallery: str | None = None, threshold: float | None = None,
               detector: DetectorConfig | str = "mobilenet", device: str | None = None,
               weights_path: str | None = None, **options):
+    from ..identity.meta import identity_meta, is_identity_model
     det = DetectorConfig(backend=detector) if isinstance(detector, str) else detector
-    cfg = AnalyzerConfig(keypoints=None, attributes=model, gallery=gallery, identity_threshold=threshold,
-                         detector=replace(det, **options), device=device)
-    fa = cfg.build(weights_path=weights_path)
-    if not fa.attributes.has_embedding:
-        raise ValueError(f"model {model!r} has no identity embedding; use a multitask or seed003_cnn model")
-    return fa
+    aligned = is_identity_model(model) and identity_meta(model).get("align", "keypoints68") == "keypoints68"
+    cfg = AnalyzerConfig(keypoints="keypoints68" if aligned else None, attributes=None, identity=model,
+                         gallery=gallery, identity_threshold=threshold, detector=replace(det, **options), device=device)
+    return cfg.build(weights_path=weights_path)
 
 
-def enroll(input_dir: str, output: str, model: str = "attributes", threshold: float | None = None,
+def _model_metadata(head) -> tuple[str, dict]:
+    """``(model name, gallery metadata)`` of the head that made the embeddings."""
+    info = getattr(head, "info", None)
+    if info is not None:  # an attributes model file's embedding
+        return info["model"], {"model_file": Path(info["path"]).name, "model_file_sha256": info["sha256"],
+                               "input_size": head.input.size}
+    d = head.describe()
+    return d["model"], {"model_file": d["name"], "model_file_sha256": d["dat_sha256"], "align": d["align"]}
+
+
+def enroll(input_dir: str, output: str, model: str = "identity", threshold: float | None = None,
            **detector) -> dict:
     """Build and save a gallery from a folder with one sub-folder per person; returns a summary
     (``gallery`` path, ``people``, ``images``, ``no_face`` paths with their status).
@@ -101,20 +111,20 @@ def enroll(input_dir: str, output: str, model: str = "attributes", threshold: fl
     ok = [k for k, r in enumerate(rows) if r["embedding"] is not None]
     if not ok:
         raise ValueError(f"no face found in any photo under {input_dir}")
-    head = fa.attributes
-    meta = {"model_file": Path(head.info["path"]).name, "model_file_sha256": head.info["sha256"],
-            "input_size": head.input.size, "source": str(input_dir)}
+    head = fa.embedding_head
+    model_name, meta = _model_metadata(head)
+    meta["source"] = str(input_dir)
     if threshold is not None:
         meta["threshold"] = float(threshold)
     gallery = Gallery.from_embeddings(np.stack([rows[k]["embedding"] for k in ok]), [names[k] for k in ok],
-                                      model_name=head.info["model"], model_hash=state_dict_sha256(head.model), **meta)
+                                      model_name=model_name, model_hash=state_dict_sha256(head.model), **meta)
     path = gallery.save(output)
     no_face = [{"path": r["path"], "status": r["status"], "error": r["error"]} for r in rows if r["embedding"] is None]
     return {"gallery": str(path), "people": len(gallery), "images": len(ok), "no_face": no_face,
             "counts": dict(zip(gallery.names, map(int, gallery.counts)))}
 
 
-def match(images: str, gallery: str, model: str = "attributes", threshold: float | None = None,
+def match(images: str, gallery: str, model: str = "identity", threshold: float | None = None,
           **detector) -> list[dict]:
     """Nearest enrolled person (or ``unknown``) for the largest face in each photo of a folder or file
     (``**detector`` as :func:`enroll`)."""
@@ -137,7 +147,9 @@ def match(images: str, gallery: str, model: str = "attributes", threshold: float
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", default=None, help="folder with one sub-folder of photos per person (enroll)")
     p.add_argument("--output", default=None, help="gallery file to write (.npz; enroll) or matches CSV (--match)")
-    p.add_argument("--model", default="attributes", help="shipped model name or model file with an identity embedding")
+    p.add_argument("--model", default="identity",
+                   help="identity model: identity (the shipped recognition network, 128-d), or a model file / "
+                        "shipped name with an identity embedding (e.g. attributes, its 167-d LDA embedding)")
     p.add_argument("--match", default=None, metavar="PHOTOS", help="folder of photos (or one file) to identify")
     p.add_argument("--gallery", default=None, help="gallery .npz to match against (with --match)")
     p.add_argument("--threshold", type=float, default=None,

@@ -3,8 +3,9 @@
     facebatch evaluate identity --model attributes --input out/celeba6k --output out/eval-identity
     facebatch evaluate identity --model M.pt --input ../shared/data/celeba6k --format celeba --output DIR
 
-MODEL is a shipped name (``attributes``) or a model file with an identity embedding (multitask;
-seed003_cnn uses its penultimate 512-d layer). SRC is a raw dataset with identities (--format
+MODEL is ``identity`` (the shipped recognition network: its chips are aligned in the original photos,
+from the detected faces, as annotate does), a shipped name (``attributes``: its LDA embedding) or a
+model file with an identity embedding (multitask; seed003_cnn uses its penultimate 512-d layer). SRC is a raw dataset with identities (--format
 celeba, classes or csv; detected and cropped into OUTDIR/preprocess) or a preprocess Parquet
 output, with the preprocess splits: celeba6k's ``test`` is its test_dataset folder (6 images of
 each of the 200 people), ``val`` is a hashed 10% of the people (their train_dataset images) and
@@ -48,7 +49,8 @@ import torch
 from ..attributes.gallery import Gallery
 from ..attributes.metrics import (make_pairs, pair_similarity, tar_at_far, top1_accuracy, verification_accuracy,
                                   verification_roc)
-from ..inference import AttributeHead
+from ..identity.meta import is_identity_model
+from ..inference import AnalyzerConfig, AttributeHead
 from ..jsonsafe import json_safe
 from .attributes import embed_rows
 from .common import (PrepareRaw, add_common_arguments, check_degrade, has_crop, load_rows, row_batches,
@@ -109,11 +111,45 @@ def save_roc_png(roc: dict, point: dict, auc: float, title: str, path: Path) -> 
     return Path(path)
 
 
-def _closed_set(head: AttributeHead, rows: list[dict], emb: np.ndarray, failed: np.ndarray, split: np.ndarray,
-                ident: np.ndarray, gallery_splits, probe_splits, src: str) -> tuple[dict, np.ndarray, list, np.ndarray]:
+def embed_rows_in_photos(analyzer, rows: list[dict], batch_size: int = 16) -> np.ndarray:
+    """Unit embeddings ``(N, d)`` of rows from an identity model, made from each row's original photo
+    and its detected face (box, landmarks) as annotate makes them (NaN rows without a face or whose
+    photo cannot be read again)."""
+    from ..detection import Face
+    from ..imaging import decode_image
+    from ..storage import filesystem
+    out = None
+    todo = [i for i, r in enumerate(rows) if has_crop(r)]
+    for k in range(0, len(todo), batch_size):
+        idx, images, faces = [], [], []
+        for i in todo[k:k + batch_size]:
+            r = rows[i]
+            try:
+                fs, p = filesystem(r["path"])
+                with fs.open(p, "rb") as f:
+                    img = decode_image(f.read()).image
+            except OSError:
+                img = None
+            if img is None:
+                continue
+            idx.append(i)
+            images.append(img)
+            faces.append([Face(box=np.asarray(r["box"], np.float64), score=float(r["score"]),
+                               landmarks=np.asarray(r["landmarks"], np.float64).reshape(5, 2))])
+        res = analyzer.analyze(images, faces=faces, keypoints=False, attributes=False, identity=False, embedding=True)
+        for i, fr in zip(idx, res):
+            e = np.asarray(fr[0].embedding, np.float32)
+            if out is None:
+                out = np.full((len(rows), len(e)), np.nan, np.float32)
+            out[i] = e
+    return out if out is not None else np.full((len(rows), 1), np.nan, np.float32)
+
+
+def _closed_set(info: dict, meta: dict, rows: list[dict], emb: np.ndarray, failed: np.ndarray, split: np.ndarray,
+                ident: np.ndarray, gallery_splits, probe_splits, src: str,
+                head: AttributeHead | None = None) -> tuple[dict, np.ndarray, list, np.ndarray]:
     """Top-1 of the probe images against a gallery enrolled from the gallery splits (and the model's
     own class head where it has one); returns ``(metrics, probe row indices, predicted names, similarities)``."""
-    info, meta = head.info, head.meta
     gal = np.isin(split, gallery_splits) & ~failed
     if not gal.any():
         raise ValueError(f"no {'/'.join(gallery_splits)} rows with a face in {src} to enroll a gallery from")
@@ -137,7 +173,7 @@ def _closed_set(head: AttributeHead, rows: list[dict], emb: np.ndarray, failed: 
     truth = np.array([names[n] for n in ident[p_idx]])
     metrics["top1"] = top1_accuracy(truth, pred, failed[p_idx])
     pred_names = [gallery.names[k] if k >= 0 else "" for k in pred]
-    cls = classifier_predictions(head, [rows[i] for i in p_idx])
+    cls = classifier_predictions(head, [rows[i] for i in p_idx]) if head is not None else None
     if cls is not None:
         classes = meta["identities"]
         cls_names = np.array([classes[k] if k >= 0 else "" for k in cls])
@@ -199,18 +235,26 @@ def evaluate_identity(model_name: str, src: str, fmt: str | None, outdir: str, l
         raise ValueError(f"--far must be a rate in [0, 1], got {far}")
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
-    head = AttributeHead.load(model_name)
-    info, meta = head.info, head.meta
     rows = load_rows(src, fmt, out, labels=labels, address=address, limit=limit, degrade=degrade, prepare=prepare)
     rows = [r for r in rows if (r["face_index"] or 0) <= 0 and r["identity"] is not None]
     if not rows:
         raise ValueError(f"no rows with an identity in {src}; identity evaluation needs celeba, classes or csv data")
-    failed = np.array([not has_crop(r) for r in rows])
-    emb = embed_rows(head, rows)
+    if is_identity_model(model_name):  # a recognition network on chips aligned in the original photos
+        if degrade:
+            raise ValueError("--degrade applies to stored crops; an identity model reads the original photos")
+        fa = AnalyzerConfig(keypoints="keypoints68", attributes=None, identity=model_name).build()
+        head, desc = None, fa.embedding_head.describe()
+        info, meta = {"model": desc["model"], "sha256": desc["dat_sha256"], "path": desc["path"]}, desc
+        emb = embed_rows_in_photos(fa, rows)
+    else:
+        head = AttributeHead.load(model_name)
+        info, meta = head.info, head.meta
+        emb = embed_rows(head, rows)
+    failed = np.isnan(emb).any(axis=1)
     split = np.array([r["split"] for r in rows])
     ident = np.array([r["identity"] for r in rows])
-    metrics, p_idx, pred_names, sims = _closed_set(head, rows, emb, failed, split, ident, gallery_splits,
-                                                   probe_splits, src)
+    metrics, p_idx, pred_names, sims = _closed_set(info, meta, rows, emb, failed, split, ident, gallery_splits,
+                                                   probe_splits, src, head=head)
     ver, roc, point = _verification(emb, failed, split, ident, set(meta.get("identities") or []),
                                     verification_splits, n_pairs, seed, far)
     metrics.update(ver)

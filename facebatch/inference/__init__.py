@@ -18,12 +18,17 @@ from .config import AnalyzerConfig
 if TYPE_CHECKING:  # pragma: no cover
     from .analyzer import UNKNOWN, FaceAnalyzer, FaceResult
     from .heads import AttributeHead, KeypointHead, load_model
+    from .identity import IdentityHead
     from .inputs import CropFrame, InputSpec, decode_crop, face_crop, model_input, to_tensor
+    from .outputs import Output
+    from .registry import AnalyzerHead, FaceBatch, create_head, register_head
 
 # name -> the module it is loaded from on first use
 _LAZY = {**dict.fromkeys(("UNKNOWN", "FaceAnalyzer", "FaceResult"), "analyzer"),
          **dict.fromkeys(("AttributeHead", "KeypointHead", "load_model"), "heads"),
-         **dict.fromkeys(("CropFrame", "InputSpec", "decode_crop", "face_crop", "model_input", "to_tensor"), "inputs")}
+         **dict.fromkeys(("CropFrame", "InputSpec", "decode_crop", "face_crop", "model_input", "to_tensor"), "inputs"),
+         **dict.fromkeys(("AnalyzerHead", "FaceBatch", "create_head", "register_head"), "registry"),
+         **dict.fromkeys(("Output",), "outputs"), "IdentityHead": "identity"}
 
 
 def __getattr__(name: str):
@@ -38,5 +43,6 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
-__all__ = ["AnalyzerConfig", "AttributeHead", "CropFrame", "FaceAnalyzer", "FaceResult", "InputSpec", "KeypointHead",
-           "UNKNOWN", "decode_crop", "face_crop", "load_model", "model_input", "to_tensor"]
+__all__ = ["AnalyzerConfig", "AnalyzerHead", "AttributeHead", "CropFrame", "FaceAnalyzer", "FaceBatch", "FaceResult",
+           "IdentityHead", "InputSpec", "KeypointHead", "Output", "UNKNOWN", "create_head", "decode_crop", "face_crop",
+           "load_model", "model_input", "register_head", "to_tensor"]

@@ -136,9 +136,11 @@ class FaceAnalyzer:
                 else ``auto``. onnxruntime falls back to torch with a warning if it cannot be used;
                 :meth:`describe` says which ran. The resnet50 detector runs in torch.
             heads: more heads by registered name (``name`` or ``module:name``, :mod:`.registry`).
-            identity: identity model (``identity``: the shipped one, :mod:`.identity`), or ``None``: no
-                identity model (the attributes model's own embedding, if it has one, is used). Load it
-                only where an output needs it (a gallery, embeddings): it processes biometric data.
+            identity: where the ``embedding`` comes from: ``identity`` (the shipped recognition network,
+                :mod:`.identity`), an identity ``.json``/``.dat``, or an attributes model with an embedding
+                (e.g. ``attributes``' LDA embedding, for comparisons); ``None``: no embedding (a gallery
+                implies ``identity``). Load it only where an output needs it (a gallery, embeddings,
+                people): it processes biometric data.
             **detector_options: :class:`~facebatch.detection.DetectorConfig` fields
                 (``score_threshold``, ``max_side``, ``weights_dir``, ...).
         """
@@ -151,16 +153,19 @@ class FaceAnalyzer:
         kp = KeypointHead.load(keypoints, device, runtime=runtime) if _wanted(keypoints) else None
         at = AttributeHead.load(attributes, device, runtime=runtime) if _wanted(attributes) else None
         extra = [create_head(h, device=device, runtime=runtime) for h in heads]
-        if _wanted(identity):
-            from .identity import IdentityHead
-            extra.append(IdentityHead(identity, device=device, runtime=runtime))
+        if gallery and not _wanted(identity):
+            identity = "identity"
+        if at is not None:  # the attributes model's own embedding only where it is the identity model asked for
+            at.embedding_output = _wanted(identity) and str(identity) == str(attributes)
+        if _wanted(identity) and not (at is not None and at.embedding_output):
+            extra.append(_identity_head(identity, device, runtime))
         g = None
         if gallery:
             from ..attributes.gallery import Gallery
             from ..attributes.models import state_dict_sha256
             emb = next((h for h in (at, *extra) if h is not None and _has_embedding(h)), None)
             if emb is None:
-                raise ValueError("--gallery needs a model with an identity embedding")
+                raise ValueError(f"--gallery needs an identity model with an embedding; {identity!r} has none")
             g = Gallery.load(gallery, expected_model_hash=state_dict_sha256(emb.model))
         return cls(det, kp, at, g, identity_threshold, heads=extra)
 
@@ -200,8 +205,11 @@ class FaceAnalyzer:
         if self.attributes:
             out["attributes"] = {**self.attributes.describe(), "attributes": self.attributes.attributes,
                                  "thresholds": self.attributes.thresholds}
+        emb = self.embedding_head
+        if emb is not None:
+            out["identity"] = {**emb.describe(), "embedding_dim": getattr(emb, "embedding_dim", None)}
         for h in self.heads:
-            if not isinstance(h, (KeypointHead, AttributeHead)):
+            if not isinstance(h, (KeypointHead, AttributeHead)) and h is not emb:
                 out.setdefault("heads", {})[h.name] = {**h.describe(), "outputs": [o.name for o in h.declares()]}
         if self.gallery is not None:
             out["gallery"] = {"people": len(self.gallery), "threshold": self.identity_threshold,
@@ -309,6 +317,20 @@ class FaceAnalyzer:
                 if len(v) != len(batch):
                     raise RuntimeError(f"head {head.name!r} gave {len(v)} values of {col!r} for {len(batch)} faces")
                 batch.values[col] = v
+
+
+def _identity_head(identity: str, device: str, runtime: str | None) -> AnalyzerHead:
+    """An identity model as a head: :class:`~.identity.IdentityHead` for identity models, else an
+    attributes model file's embedding alone."""
+    from ..identity.meta import is_identity_model
+    from .identity import IdentityHead
+    if is_identity_model(identity):
+        return IdentityHead(identity, device=device, runtime=runtime)
+    head = AttributeHead.load(identity, device, runtime=runtime)
+    if not head.has_embedding:
+        raise ValueError(f"identity model {identity!r} has no identity embedding")
+    head.attributes, head.thresholds = [], {}  # its embedding only: the attributes come from --attributes
+    return head
 
 
 def _timing_key(head) -> str:

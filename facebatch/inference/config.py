@@ -44,6 +44,9 @@ class AnalyzerConfig:
         runtime: what runs the networks: ``auto``, ``torch``, ``onnxruntime``; ``None``:
             ``$FACEBATCH_CPU_RUNTIME``, else ``auto`` (:mod:`facebatch.runtime`).
         heads: more analyzer heads by registered name.
+        identity: where face embeddings come from (``identity``: the shipped recognition network; an
+            attributes model with an embedding; ``None``: no embeddings). A gallery implies ``identity``.
+            Commands set it only when an output needs it (a gallery, embeddings, people): biometric data.
     """
 
     keypoints: str | None = "keypoints68"
@@ -54,11 +57,15 @@ class AnalyzerConfig:
     device: str | None = None
     runtime: str | None = None
     heads: tuple[str, ...] = ()
+    identity: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.detector, dict):
             self.detector = DetectorConfig.from_dict(self.detector)
         self.keypoints, self.attributes = _model(self.keypoints), _model(self.attributes)
+        self.identity = _model(self.identity)
+        if self.gallery and self.identity is None:
+            self.identity = "identity"
         self.gallery = self.gallery or None
         self.heads = tuple(self.heads or ())
         if self.device is None:
@@ -71,8 +78,10 @@ class AnalyzerConfig:
         self.detector.validate()
         if not DEVICE_RE.fullmatch(str(self.device)):
             raise ValueError(f"unknown --device {self.device!r}; use cpu, cuda or cuda:N")
-        if self.gallery and not self.attributes and not self.heads:
-            raise ValueError("--gallery needs an attributes model with an identity embedding (--attributes)")
+        if self.identity == "identity" and not self.keypoints:
+            from ..identity.meta import identity_meta
+            if identity_meta("identity").get("align") == "keypoints68":
+                raise ValueError("the identity model aligns faces on keypoints68: keep --keypoints (keypoints68)")
         return self
 
     # ------------------------------------------------------------------ travel
@@ -103,10 +112,9 @@ class AnalyzerConfig:
         from .analyzer import FaceAnalyzer
         self.validate()
         detector = create_detector(replace(self.detector, device=self.device), weights_path=weights_path)
-        extra: dict[str, Any] = {"heads": list(self.heads)} if self.heads else {}
         return FaceAnalyzer.load(detector=detector, keypoints=self.keypoints, attributes=self.attributes,
                                  gallery=self.gallery, device=self.device, identity_threshold=self.identity_threshold,
-                                 runtime=self.runtime, **extra)
+                                 runtime=self.runtime, heads=list(self.heads), identity=self.identity)
 
 
 __all__ = ["AnalyzerConfig"]

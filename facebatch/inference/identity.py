@@ -2,11 +2,7 @@
 (:mod:`facebatch.identity`) on chips aligned from each face's landmarks, one unit-length 128-d
 ``embedding`` per face, batched over every face of an ``analyze`` call.
 
-The shipped ``identity`` model is ``facebatch/release/identity.json``: which network file
-(``face_recognition_models``' ``dlib_face_recognition_resnet_model_v1.dat``, by sha256; the
-weights are never committed, they are converted on first use into the user cache), which
-landmarks align the chip, and the verification threshold fitted at a stated false-accept rate
-(the ``unknown`` decision of galleries). Its card is ``identity.md`` beside it.
+The shipped ``identity`` model and its description: :mod:`facebatch.identity.meta`.
 
 It needs landmarks: ``align: "keypoints68"`` reads the keypoint head's ``keypoints68`` (the
 analyzer runs that head first even when keypoints were not asked for); ``"retinaface"`` uses the
@@ -14,35 +10,14 @@ detector's five landmarks.
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import torch
 
 from ..identity import chip_from_ibug68, chip_from_retinaface
-from ..models.files import RELEASE_DIR
+from ..identity.meta import ALIGNMENTS, identity_meta
 from ..runtime import accelerate
 from .outputs import EMBEDDING, Output
 from .registry import FaceBatch
-
-ALIGNMENTS = ("keypoints68", "retinaface")
-
-
-def identity_meta(name_or_path: str = "identity") -> dict:
-    """The identity model's description: the shipped name's ``release/<name>.json``, a JSON file
-    of the same form, or a dlib ``.dat`` file (aligned on keypoints68, no fitted threshold)."""
-    p = Path(name_or_path).expanduser()
-    if p.suffix == ".dat" and p.is_file():
-        return {"name": p.stem, "dat": str(p), "align": "keypoints68"}
-    path = p if p.suffix == ".json" and p.is_file() else RELEASE_DIR / f"{name_or_path}.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"identity model {name_or_path!r} is neither a shipped identity model "
-                                f"({', '.join(sorted(q.stem for q in RELEASE_DIR.glob('*.json'))) or 'none'}), "
-                                "an identity .json nor a dlib .dat file")
-    meta = json.loads(path.read_text())
-    meta.setdefault("name", path.stem)
-    return {**meta, "path": str(path)}
 
 
 class IdentityHead:
@@ -57,6 +32,7 @@ class IdentityHead:
     """
 
     task = "identity"
+    embedding_dim = 128
 
     def __init__(self, name_or_path: str = "identity", device: str = "cpu", runtime: str | None = None,
                  align: str | None = None) -> None:

@@ -215,8 +215,17 @@ def _clear_previous(output: str, options: dict) -> None:
             fs.rm(p)
 
 
-def _load_records(cfg: PreprocessConfig, options: dict) -> tuple[list, dict, list[str]]:
-    """``([(record, split)], skipped report, input fingerprints)`` for the sorted (and limited) inputs."""
+@dataclass
+class _Inputs:
+    """The sorted (and limited) inputs of a run."""
+
+    records: list  # [(record, split)]
+    skipped: dict  # what the lister left out
+    prints: list[str]  # one fingerprint per record
+
+
+def _load_records(cfg: PreprocessConfig, options: dict) -> _Inputs:
+    """The inputs, their splits and fingerprints."""
     from ..formats.sources import list_inputs
     from ..storage import storage_error_message
     try:
@@ -238,7 +247,7 @@ def _load_records(cfg: PreprocessConfig, options: dict) -> tuple[list, dict, lis
         if not items:
             raise ValueError(f"--splits {','.join(cfg.splits)}: none of the {len(records)} inputs of {cfg.input} is in "
                              "those splits (train, val, test); check the names and --val-fraction")
-    return items, listing.report(), fingerprints(items, listing.info, options)
+    return _Inputs(items, listing.report(), fingerprints(items, listing.info, options))
 
 
 def fingerprints(items: list, info: dict[str, dict], options: dict) -> list[str]:
@@ -299,11 +308,11 @@ def run_preprocess(cfg: PreprocessConfig, address: str | None = None, random_wei
     t_start = time.perf_counter()
     cfg.validate()
     options = storage_options(cfg.s3_endpoint_url)
-    records, skipped, prints = _load_records(cfg, options)
+    inputs = _load_records(cfg, options)
     check_writable(cfg.output, options)
     det_info = detector_info(cfg, random_weights)
     try:
-        return _run_checked(cfg, address, random_weights, options, records, skipped, prints, det_info, t_start)
+        return _run_checked(cfg, address, random_weights, options, inputs, det_info, t_start)
     except (JobFailed, KeyboardInterrupt, ValueError):
         raise
     except Exception as exc:  # the output store failing outside the workers (markers, config, summary)
@@ -327,13 +336,13 @@ class _Job:
     sink: Sink
 
 
-def _run_checked(cfg, address, random_weights, options, records, skipped, prints, det_info, t_start) -> dict:
+def _run_checked(cfg, address, random_weights, options, inputs: _Inputs, det_info, t_start) -> dict:
     from ..provenance import provenance
     resolved = {"config": cfg.to_dict(), "detector": det_info, "provenance": provenance()}
     fs, root = filesystem(cfg.output, options)
     _check_same_options(cfg, fs, root)
-    shards = plan_shards(records, cfg.shard_size)
-    hashes = [shard_inputs_hash(prints[i * cfg.shard_size:(i + 1) * cfg.shard_size]) for i in range(len(shards))]
+    shards = plan_shards(inputs.records, cfg.shard_size)
+    hashes = [shard_inputs_hash(inputs.prints[i * cfg.shard_size:(i + 1) * cfg.shard_size]) for i in range(len(shards))]
     plan, done = _resume_plan(cfg, options, hashes)
     resolved["output_affecting"] = cfg.output_affecting()
     with fs.open(join(root, CONFIG_FILE), "w") as f:
@@ -341,7 +350,7 @@ def _run_checked(cfg, address, random_weights, options, records, skipped, prints
     job = _Job(cfg, options, random_weights, shards, hashes, _metadata(cfg, det_info, resolved),
                ParquetSink(cfg.output, options))
     tally = ShardTally(results=dict(done))
-    progress = Progress(total=len(records), mode=cfg.progress, every=cfg.log_every,
+    progress = Progress(total=len(inputs.records), mode=cfg.progress, every=cfg.log_every,
                         initial=sum(len(shards[i]) for i in done))
     t_ray = time.perf_counter()
     try:
@@ -353,9 +362,9 @@ def _run_checked(cfg, address, random_weights, options, records, skipped, prints
     finally:
         progress.close()
     wall = time.perf_counter() - t_start
-    summary = summarise(cfg, records, shards, tally.results, done, wall, time.perf_counter() - t_ray, info, job.sink)
+    summary = summarise(job, inputs.records, tally.results, done, wall, time.perf_counter() - t_ray, info)
     summary["steady_images_per_s"] = tally.steady_rate()
-    summary["skipped"] = skipped
+    summary["skipped"] = inputs.skipped
     summary["resume"] = plan.counts() if cfg.resume else None
     with fs.open(join(root, SUMMARY_FILE), "w") as f:
         json.dump(summary, f, indent=2)
@@ -484,14 +493,15 @@ def _finished_note(tally: ShardTally, n_shards: int) -> str:
             f"shards written with a done-marker are kept)")
 
 
-def summarise(cfg, records, shards, results, done, wall, processing_s, info, sink: Sink) -> dict:
+def summarise(job: _Job, records, results, done, wall, processing_s, info) -> dict:
     """Counts by status, throughput, stage times; checks the output against the listing.
 
     Rows in equal rows out is checked twice: the markers' counts against the part files, and the
     *set* of ``(path, face_index)`` in every part file against the listed inputs (no input missing,
     none repeated, no stale rows): :func:`facebatch.batch.check.check_rows`.
     """
-    checked = check_rows(sink, [r.path for r, _ in records], results, len(shards), cfg.crop.all_faces,
+    cfg, n_shards = job.cfg, len(job.shards)
+    checked = check_rows(job.sink, [r.path for r, _ in records], results, n_shards, cfg.crop.all_faces,
                          rerun="rerun with --resume")
     statuses = count(results.values(), "status_counts")
     inputs_by_status = count(results.values(), "input_status_counts")
@@ -503,7 +513,7 @@ def summarise(cfg, records, shards, results, done, wall, processing_s, info, sin
         "inputs": n_in, "rows": checked["rows"], "rows_in_files": checked["rows_in_files"], "rows_check": "ok",
         "status_counts": dict(sorted(inputs_by_status.items())), "row_status_counts": dict(sorted(statuses.items())),
         "failed": n_failed, "failure_rate": n_failed / max(1, n_in),
-        "shards": len(shards), "shards_skipped_resume": len(done),
+        "shards": n_shards, "shards_skipped_resume": len(done),
         "retries": sum(s.get("retries", 0) for s in new),
         "wall_s": round(wall, 2), "processing_s": round(processing_s, 2),
         "images_per_s": round(n_new / processing_s, 2) if n_new else None,

@@ -1,7 +1,8 @@
 """Serve the online annotation API (HTTP, Ray Serve) until Ctrl-C.
 
     facebatch serve [--host 127.0.0.1] [--port 8000] [--keypoints keypoints68] [--attributes attributes]
-                    [--gallery G] [--replicas N | --autoscale MIN:MAX] [--max-batch-size 16]
+                    [--identity identity] [--gallery G] [--head NAME] [--replicas N | --autoscale MIN:MAX]
+                    [--max-batch-size 16]
                     [--max-body-mb 20] [--token T] [--insecure] [--address ADDR]
 
 Starts the app on an embedded local Ray (127.0.0.1), or on the cluster at --address /
@@ -13,7 +14,8 @@ JSON faces; GET /v1/models, /v1/health and /v1/stats. See docs/API.md.
 
 Security: with --token or $FACEBATCH_SERVE_TOKEN every route but /v1/health needs
 `Authorization: Bearer <token>`. A --host other than loopback without a token is refused
-unless --insecure is given. Embeddings are only returned when a request asks (embedding=1).
+unless --insecure is given. Embeddings (128-d, from the identity model, loaded only with --identity
+or --gallery) are only returned when a request asks (embedding=1).
 """
 from __future__ import annotations
 
@@ -37,7 +39,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("models")
     m.add_argument("--keypoints", default=a.keypoints, help="keypoint model: shipped name, file, or none")
     m.add_argument("--attributes", default=a.attributes, help="attribute/identity model: shipped name, file, or none")
-    m.add_argument("--gallery", default=None, help="identity gallery (.npz from `facebatch enroll`)")
+    m.add_argument("--identity", default=None, metavar="MODEL",
+                   help="identity model for face embeddings (requests with embedding=1) and gallery matches: "
+                        "identity (the shipped recognition network, 128-d) or a model file with an embedding; "
+                        "off unless given or a --gallery is (biometric data)")
+    m.add_argument("--head", action="append", default=[], metavar="NAME",
+                   help="another analyzer head by registered name or module:name (repeatable)")
+    m.add_argument("--gallery", default=None, help="identity gallery (.npz from `facebatch enroll` with the same "
+                                                    "identity model)")
     m.add_argument("--identity-threshold", type=float, default=None,
                    help="cosine similarity below which a face is 'unknown' (default: the gallery's)")
     s = p.add_argument_group("scaling and batching")
@@ -64,6 +73,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def options_from_args(args: argparse.Namespace, token: str | None) -> ServeOptions:
     analyzer = AnalyzerConfig(keypoints=args.keypoints, attributes=args.attributes, gallery=args.gallery,
+                              identity=args.identity, heads=tuple(args.head),
                               identity_threshold=args.identity_threshold, detector=detector_config_from_args(args))
     return ServeOptions(analyzer=analyzer, replicas=args.replicas, autoscale=args.autoscale,
                         replica_cpus=args.replica_cpus, torch_threads=args.torch_threads, max_batch_size=args.max_batch_size,

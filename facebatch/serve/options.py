@@ -23,7 +23,7 @@ APP_NAME = "facebatch"
 #: and ``cluster/serve.yaml``'s ``args`` are flat): ``detector`` is the backend name,
 #: ``detector_options`` further :class:`~facebatch.detection.DetectorConfig` fields
 ANALYZER_KEYS = ("detector", "detector_options", "keypoints", "attributes", "gallery", "device",
-                 "identity_threshold", "runtime")
+                 "identity_threshold", "runtime", "identity", "heads")
 
 
 @dataclass
@@ -208,6 +208,8 @@ def _analyzer_config(base: Any, flat: dict) -> AnalyzerConfig:
     det.update(_mapping("detector_options", flat.pop("detector_options", None) or {}))
     for k, v in flat.items():
         v = _none(v)
+        if k == "heads" and isinstance(v, str):
+            v = [h for h in v.split(",") if h.strip()]
         d[k] = float(v) if k == "identity_threshold" and v is not None else v
     return AnalyzerConfig.from_dict(d)
 
