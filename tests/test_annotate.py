@@ -15,6 +15,7 @@ from PIL import Image
 from badimages import two_faces, write_all, load_faces
 from facebatch.annotate.config import AnnotateConfig
 from facebatch.annotate.pipeline import run_annotate
+from facebatch.inference import AnalyzerConfig
 from facebatch.annotations import read_latest
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -46,8 +47,9 @@ def mixed_run(ray_session, udacity_subset, tmp_path_factory):
     big_src = sorted((udacity_subset / "training").iterdir())[0].resolve()
     _big_jpeg(big_src, inp / "big_upscaled.jpg")
     out = root / "out"
+    # a test-only head, named in the config: all it takes for its column in rows and report (issue 20)
     cfg = AnnotateConfig(input=str(inp), output=str(out), shard_size=8, max_pixels=40_000_000, report=True,
-                         max_failure_rate=1.0)
+                         max_failure_rate=1.0, analyzer=AnalyzerConfig(heads=("tests.brightness_head:brightness",)))
     summary = run_annotate(cfg)
     return {"inp": inp, "out": out, "summary": summary, "bad": bad, "big_src": big_src,
             "table": read_latest(str(out))}
@@ -78,8 +80,13 @@ def test_every_input_has_rows_and_summary_keys(mixed_run):
     md = read_metadata(pq.read_schema(next(run.glob("part-*.parquet"))))
     assert md["models"]["keypoints"]["sha256"] and md["models"]["attributes"]["sha256"]
     assert md["models"]["detector"]["config"]["max_side"] == 640 and "version" in md
-    # off by default: embeddings (biometric) and crops
-    assert t.column("embedding").null_count == t.num_rows and t.column("crop").null_count == t.num_rows
+    # off by default: embeddings (biometric: no identity model runs, so no column) and crops
+    assert "embedding" not in t.column_names and t.column("crop").null_count == t.num_rows
+    # the named head's regression output: a column filled for every face, in the report's histograms
+    ok = [r for r in t.select(["status", "brightness"]).to_pylist() if r["status"] == "ok"]
+    assert ok and all(0.0 < r["brightness"] < 1.0 for r in ok)
+    assert {"name": "brightness", "kind": "regression"} in s["outputs"]
+    assert "<b>brightness</b>" in (run / "report.html").read_text()
 
 
 def test_bad_inputs_each_with_status_and_many_faces(mixed_run):

@@ -116,19 +116,22 @@ def _rotate(center: np.ndarray, p: np.ndarray, angle: float) -> np.ndarray:
 
 def bilinear(img: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     """dlib's ``interpolate_bilinear`` at float coordinates: truncated to uint8, 0 where the 2x2
-    neighbourhood is not inside the image."""
+    neighbourhood is not inside the image. Weights in float32 (dlib: double): a pixel can differ
+    by one grey level where the double result lies within float32 rounding of an integer."""
     h, w = img.shape[:2]
     out = np.zeros(xs.shape + (3,), np.uint8)
     if h < 2 or w < 2:
         return out
     left, top = np.floor(xs), np.floor(ys)
     ok = (left >= 0) & (top >= 0) & (left + 1 < w) & (top + 1 < h)
-    lr, tb = (xs - left)[ok][:, None], (ys - top)[ok][:, None]
-    idx = top[ok].astype(np.int64) * w + left[ok].astype(np.int64)
-    flat = img.reshape(-1, 3)
-    tl, tr, bl, br = (flat[idx + d].astype(np.float64) for d in (0, 1, w, w + 1))
-    v = (1 - tb) * ((1 - lr) * tl + lr * tr) + tb * ((1 - lr) * bl + lr * br)
-    out[ok] = v.astype(np.uint8)  # assign_pixel: static_cast (truncation); v is within [0, 255]
+    li, ti = left[ok].astype(np.intp), top[ok].astype(np.intp)
+    lr = (xs[ok] - left[ok]).astype(np.float32)[:, None]
+    tb = (ys[ok] - top[ok]).astype(np.float32)[:, None]
+    tl, tr = img[ti, li].astype(np.float32), img[ti, li + 1].astype(np.float32)
+    bl, br = img[ti + 1, li].astype(np.float32), img[ti + 1, li + 1].astype(np.float32)
+    top_row = tl + lr * (tr - tl)
+    v = top_row + tb * (bl + lr * (br - bl) - top_row)
+    out[ok] = np.clip(v, 0, 255).astype(np.uint8)  # assign_pixel: static_cast (truncation)
     return out
 
 

@@ -10,14 +10,31 @@ detector's five landmarks.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
 from ..identity import chip_from_ibug68, chip_from_retinaface
 from ..identity.meta import ALIGNMENTS, identity_meta
+from ..identity.project import project
 from ..runtime import accelerate
 from .outputs import EMBEDDING, Output
 from .registry import FaceBatch
+
+
+def projection_of(meta: dict) -> dict | None:
+    """The fitted embedding map named by an identity model's ``projection`` (an .npz beside its json)."""
+    name = meta.get("projection")
+    if not name:
+        return None
+    path = Path(meta["path"]).parent / name
+    try:
+        with np.load(path) as z:
+            return {k: z[k] for k in ("mean", "basis", "radius")}
+    except (OSError, KeyError, ValueError) as exc:
+        raise ValueError(f"identity model {meta.get('name')!r}: cannot read its projection {path} ({exc}); "
+                         "reinstall facebatch or refit with tools/fit_identity_model.py") from None
 
 
 class IdentityHead:
@@ -35,9 +52,10 @@ class IdentityHead:
     embedding_dim = 128
 
     def __init__(self, name_or_path: str = "identity", device: str = "cpu", runtime: str | None = None,
-                 align: str | None = None) -> None:
+                 align: str | None = None, project: bool = True) -> None:
         from ..identity import load_dlib_resnet
         self.meta = identity_meta(name_or_path)
+        self.projection = projection_of(self.meta) if project else None
         self.align = align or self.meta.get("align", "keypoints68")
         if self.align not in ALIGNMENTS:
             raise ValueError(f"identity alignment must be one of {ALIGNMENTS}, got {self.align!r}")
@@ -72,12 +90,19 @@ class IdentityHead:
         return out
 
     @torch.inference_mode()
-    def embed_chips(self, chips: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        """Unit-length embeddings ``(N, 128)`` of aligned chips."""
+    def raw_descriptors(self, chips: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """dlib's raw 128-d descriptors ``(N, 128)`` of aligned chips (``compute_face_descriptor``'s)."""
         x = torch.from_numpy(np.ascontiguousarray(chips)).permute(0, 3, 1, 2).float()
         parts = [self.runner(x[i:i + batch_size].to(self.device)).float().cpu().numpy()
                  for i in range(0, len(x), batch_size)]
-        y = np.concatenate(parts) if parts else np.zeros((0, 128), np.float32)
+        return np.concatenate(parts) if parts else np.zeros((0, 128), np.float32)
+
+    def embed_chips(self, chips: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """Unit-length embeddings ``(N, 128)`` of aligned chips: the model's projection of the raw
+        descriptors (:mod:`facebatch.identity.project`), or the descriptors L2-normalised."""
+        y = self.raw_descriptors(chips, batch_size)
+        if self.projection is not None:
+            return project(y, **self.projection)
         return (y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
     def run(self, faces: FaceBatch, wanted: set[str]) -> dict[str, np.ndarray]:
