@@ -75,8 +75,8 @@ def test_one_device_for_every_model():
     assert cfg.validate().detector.device == "cpu"
     with pytest.raises(ValueError, match="--device"):
         AnalyzerConfig(device="gpu").validate()
-    with pytest.raises(ValueError, match="--gallery"):
-        AnalyzerConfig(attributes=None, gallery="g.npz").validate()
+    assert AnalyzerConfig(attributes=None, gallery="g.npz").validate().identity == "identity"  # a gallery implies it
+    assert AnalyzerConfig().identity is None  # biometrics only when asked
     with pytest.raises(ValueError, match="score_threshold"):
         AnalyzerConfig(detector=DetectorConfig(score_threshold=2.0)).validate()
 

@@ -114,8 +114,8 @@ def test_model_threshold_drives_the_unknown_decision(identity_eval, mobilenet_we
     g = enroll(str(people), str(tmp_path / "gallery.npz"), model=str(model), weights_dir=str(mobilenet_weights.parent))
     assert g["people"] == 2 and g["images"] == 4
 
-    fa = FaceAnalyzer.load(keypoints=None, attributes=str(model), gallery=g["gallery"],
-                           weights_dir=str(mobilenet_weights.parent))
+    fa = FaceAnalyzer.load(keypoints=None, attributes=str(model), identity=str(model), gallery=g["gallery"],
+                           weights_dir=str(mobilenet_weights.parent))  # this model's own embedding is the identity
     assert fa.identity_threshold == t != 0.5
     assert fa.describe()["gallery"]["threshold"] == t
     plain = FaceAnalyzer(fa.detector, None, AttributeHead.load(str(bare)), fa.gallery)
