@@ -185,19 +185,11 @@ def _quiet_exporter():
 def _cache_write(path: Path, data: bytes) -> bool:
     """Write atomically (a parallel reader sees the old file, the new one, or none), then drop the
     least recently used files beyond :data:`CACHE_FILES`. False, logged, if it cannot write."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    from .batch.write import write_atomic
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; give it a plain file's mode
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(LocalFileSystem(), str(path), lambda f: f.write(data))
     except OSError as e:
         log.info("could not write %s (%s); the ONNX export is used from memory", path, e)
         return False

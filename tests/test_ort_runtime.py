@@ -31,7 +31,7 @@ def photos(udacity_root):
 @pytest.fixture(scope="module")
 def analyzers(mobilenet_weights):
     from facebatch.inference import FaceAnalyzer
-    kw = dict(weights_path=str(mobilenet_weights))
+    kw = dict(weights_path=str(mobilenet_weights), identity="identity")  # every network, the identity model too
     return {rt: FaceAnalyzer.load(runtime=rt, **kw) for rt in ("onnxruntime", "torch")}
 
 

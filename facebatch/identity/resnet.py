@@ -19,7 +19,6 @@ import functools
 import importlib.util
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -178,17 +177,12 @@ def cache_dir() -> Path:
 
 
 def _save_atomic(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Cache the converted state dict; a reader sees the old file, the new one or none."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    from ..batch.write import write_atomic
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(state, tmp)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(LocalFileSystem(), str(path), lambda f: torch.save(state, f))
     except OSError as e:
         log.info("could not cache the converted dlib model at %s (%s)", path, e)
 
