@@ -28,10 +28,12 @@ def test_crop_needs_are_the_models_inputs_and_the_stored_crop():
     kp = SimpleNamespace(input=SimpleNamespace(size=192, frame=_frame()))
     attr = SimpleNamespace(input=SimpleNamespace(size=160, frame=_frame(margin=0.3)))
     big = SimpleNamespace(input=SimpleNamespace(size=320, frame=_frame(224)))  # capped at its crop size
-    assert crop_needs(SimpleNamespace(keypoints=kp, attributes=attr), crops=False) == [(192, 0.2), (160, 0.3)]
-    assert crop_needs(SimpleNamespace(keypoints=big, attributes=None), crops=False) == [(224, 0.2)]
-    assert crop_needs(SimpleNamespace(keypoints=None, attributes=None), crops=True) == [(256, 0.2)]
-    assert crop_needs(SimpleNamespace(keypoints=None, attributes=None), crops=False) == []
+    chips = SimpleNamespace(input=None, crop_need=(150, 0.25))  # a head cutting its own pixels (identity)
+    assert crop_needs(SimpleNamespace(heads=[kp, attr]), crops=False) == [(192, 0.2), (160, 0.3)]
+    assert crop_needs(SimpleNamespace(heads=[big]), crops=False) == [(224, 0.2)]
+    assert crop_needs(SimpleNamespace(heads=[kp, chips]), crops=False) == [(192, 0.2), (150, 0.25)]
+    assert crop_needs(SimpleNamespace(heads=[]), crops=True) == [(256, 0.2)]
+    assert crop_needs(SimpleNamespace(heads=[]), crops=False) == []
 
 
 def test_crop_scale_is_the_coarsest_scale_that_holds_the_need():

@@ -26,16 +26,17 @@ import numpy as np
 
 from .. import schema as S
 from ..batch.check import check_rows
-from ..batch.errors import JobFailed, short_error, write_failed
+from ..batch.errors import JobFailed, rerun_can_fix, short_error, write_failed
 from ..batch.progress import StepClock
-from ..batch.retry import RetryPolicy, call_with_retries, one_by_one, retry_note
+from ..batch.retry import RetryPolicy, call_with_retries, one_by_one, retry_note, retryable_inputs
 from ..batch.shards import part_name
 from ..batch.sink import Sink
-from ..batch.summary import ShardTally, count, failed
+from ..batch.summary import ShardTally, count, failed, retryable_fields
 from ..batch.workers import WorkerPlan, plan_on_cluster, precheck_local
 from ..imaging import crop_scale, decode_scaled, sha256_bytes
 from ..storage import check_writable, filesystem, join, storage_options
 from . import state as ST
+from . import versions as V
 from .config import AnnotateConfig, shard_size_for
 from .lock import RunLock
 # stage 1 (read tasks) lives in .read, which imports no torch: read workers start seconds sooner
@@ -75,8 +76,10 @@ def crop_needs(fa, crops: bool) -> list[tuple[int, float]]:
     A face whose square spans fewer pixels in the draft decode is cut from a finer decode."""
     from ..inference.inputs import CropFrame
     needs = []
-    for head in (fa.keypoints, fa.attributes):
-        if head is not None:
+    for head in fa.heads:
+        if getattr(head, "crop_need", None) is not None:  # a head that cuts its own pixels (identity chips)
+            needs.append(head.crop_need)
+        elif getattr(head, "input", None) is not None:
             needs.append((min(int(head.input.size), int(head.input.frame.crop_size)), float(head.input.frame.margin)))
     if crops:
         frame = CropFrame()
@@ -102,7 +105,8 @@ class AnnotateWorker:
     analyses (:meth:`process` gives the rows), hands the rows to the run's sink and returns the
     shard's stats (JSON)."""
 
-    def __init__(self, cfg: dict, threads: int, run_id: str, sink: Sink, provenance: dict) -> None:
+    def __init__(self, cfg: dict, threads: int, run_id: str, sink: Sink, provenance: dict,
+                 models: dict | None = None) -> None:
         # wall-clock marks (epoch seconds) of the actor's start-up, for the run's timeline
         self.marks = {"actor_process_start": _process_start(), "actor_enter": time.time()}
         import torch
@@ -116,6 +120,9 @@ class AnnotateWorker:
         self.run_id, self.sink = run_id, sink
         self.retry = RetryPolicy(budget_s=self.cfg.retry_s)
         self.describe = self.fa.describe()
+        # the models' fingerprints, checked against those the driver diffed with (``models``)
+        self.models = V.worker_models(self.cfg.analyzer, self.describe, models)
+        self.models_json, self.identity_model = V.dumps(self.models), self.models.get("identity")
         from .rows import META_CONFIG, META_GIT, META_MODELS, META_SCHEMA, META_VERSION, SCHEMA_VERSION
         self.metadata = {META_SCHEMA: json.dumps(SCHEMA_VERSION), META_MODELS: json.dumps(self.describe, default=str),
                          META_CONFIG: json.dumps(cfg, default=str), META_VERSION: json.dumps(provenance.get("version")),
@@ -268,7 +275,8 @@ class AnnotateWorker:
         now = _dt.datetime.now(_dt.timezone.utc)
         rows = []
         for i, base in enumerate(bases):
-            base.update({"run_id": self.run_id, "annotated_at": now})
+            base.update({"run_id": self.run_id, "annotated_at": now, "models": self.models_json,
+                         "identity_model": self.identity_model})
             res = results.get(i)
             if base.get(S.STATUS) != S.OK or res is None:
                 rows.append({**base, S.N_FACES: None if base.get(S.STATUS) != S.OK else 0, S.FACE_INDEX: -1})
@@ -292,6 +300,7 @@ class AnnotateWorker:
         return {"shard_id": shard.shard_id, "n_inputs": shard.n_inputs, "n_rows": len(rows),
                 "status_counts": dict(Counter(r[S.STATUS] for r in first)),
                 "row_status_counts": dict(Counter(r[S.STATUS] for r in rows)),
+                "retryable": retryable_inputs(first),  # read_error after a transient storage error
                 "redecoded": shard.redecoded, "read_s": shard.read_s,
                 "decode_s": w["unpickle"] + w["decode"] + w["sha256"] + w["redecode"], "detect_s": w["detect"],
                 "analyze_s": w["analyze"], "rows_s": w["rows"], "write_s": w["write"], "actor_init_s": self.init_s,
@@ -299,7 +308,7 @@ class AnnotateWorker:
                 "marks": {**self.marks, "shard_begin": shard.begin, "shard_end": time.time()},
                 "actor": {"pid": self.pid, "cpu_ready_s": round(self.cpu_ready, 3),
                           "cpu_now_s": round(time.process_time(), 3)},
-                "models": self.describe, "attributes": self.attrs,
+                "models": self.describe, "model_fingerprints": self.models, "attributes": self.attrs,
                 "outputs": [{"name": o.name, "kind": o.kind} for o in self.fa.outputs]}
 
 
@@ -326,6 +335,8 @@ class _Run:
     uri_folder: str = ""  # the same as the user named DST (an s3:// URI or a local path)
     recovered: dict = field(default_factory=dict)
     diff: ST.Diff | None = None
+    models: dict = field(default_factory=dict)  # fingerprints of this run's models (:mod:`.versions`)
+    identity_changed: dict | None = None  # {"from": old, "to": new} when the identity model changed
     tally: ShardTally = field(default_factory=ShardTally)
     info: dict = field(default_factory=dict)  # the Ray cluster's
     t_ray: float = 0.0  # time.perf_counter() when processing started
@@ -375,8 +386,10 @@ def _exists(dst: str, options: dict) -> bool:
 
 
 def _dry_run(cfg: AnnotateConfig, options: dict, listing, skipped: dict) -> dict:
-    manifest, _ = ST.load_manifest(cfg.output, options) if _exists(cfg.output, options) else (None, None)
-    d = ST.diff(listing, manifest, cfg.full)
+    exists = _exists(cfg.output, options)
+    manifest, _ = ST.load_manifest(cfg.output, options) if exists else (None, None)
+    erased = ST.load_erased(cfg.output, options) if exists else None
+    d = ST.diff(listing, manifest, cfg.full, V.run_models(cfg.analyzer), erased, cfg.max_reannotate)
     return {"dry_run": True, "listed": listing.num_rows, **d.counts(), "processed": 0,
             "would_process": d.todo["path"].to_pylist(), "would_delete": d.deleted["path"].to_pylist(),
             "skipped": skipped}
@@ -388,9 +401,16 @@ def _start(run: _Run, run_id: str, sink: Sink) -> None:
     cfg, options = run.cfg, run.options
     fs, root = filesystem(cfg.output, options)
     run.run_id, run.sink = run_id, sink
+    from .forget import finish_pending
+    forgot = finish_pending(cfg.output, options, log=_print)  # a forget killed mid-way first
     run.recovered = ST.recover(cfg.output, options, log=_print)
+    if forgot:
+        run.recovered["forget"] = forgot
     manifest, _ = ST.load_manifest(cfg.output, options)
-    run.diff = d = ST.diff(run.listing, manifest, cfg.full)
+    run.models = V.run_models(cfg.analyzer)
+    run.identity_changed = _identity_change(manifest, run.models)
+    run.diff = d = ST.diff(run.listing, manifest, cfg.full, run.models, ST.load_erased(cfg.output, options),
+                           cfg.max_reannotate)
     run.timing["diff_s"] = time.perf_counter() - run.t_start - run.timing["list_s"]
     run.marks["diffed"] = time.time()
     run.folder, run.uri_folder = ST.run_dir(root, run_id), ST.run_uri(cfg.output, options, run_id)
@@ -416,7 +436,8 @@ def _process(run: _Run, address: str | None) -> None:
             _run_pipeline(run, shards, pool)
         except Exception as exc:
             raise JobFailed(f"annotate run {run.run_id} failed: {short_error(exc)}; {len(run.tally.results)} of "
-                            f"{len(shards)} shards were written, nothing was committed: rerun the same command") from exc
+                            f"{len(shards)} shards were written, nothing was committed: rerun the same command",
+                            retryable=rerun_can_fix(exc)) from exc
         run.marks["last_shard"] = time.time()
         check_rows(run.sink, todo["path"].to_pylist(), run.tally.results, len(shards), all_faces=True,
                    rerun="nothing committed: rerun the same command")
@@ -439,7 +460,8 @@ def _run_pipeline(run: _Run, shards: list[bytes], pool: WorkerPlan) -> None:
     ds = ds.map_batches(AnnotateWorker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=min(pool.actors, len(shards))),
                         num_cpus=pool.cpus, num_gpus=cfg.gpus_per_worker or None, max_restarts=0,
                         fn_constructor_kwargs={"cfg": cfg.to_dict(), "threads": pool.threads, "run_id": run.run_id,
-                                               "sink": run.sink, "provenance": {**provenance(), "version": __version__}})
+                                               "sink": run.sink, "provenance": {**provenance(), "version": __version__},
+                                               "models": run.models})
     for row in ds.iter_rows():
         if not run.tally.finished:
             run.timing["first_shard_s"] = time.perf_counter() - run.t_ray
@@ -456,7 +478,41 @@ def _finish(run: _Run) -> dict:
     with fs.open(join(run.folder, ST.SUMMARY), "w") as f:
         json.dump(summary, f, indent=2, default=str)
     run.sink.commit(summary)
+    if run.identity_changed:
+        summary["people_rebuilt"] = on_identity_model_changed(
+            run.cfg.output, run.options, run.run_id, run.identity_changed["from"], run.identity_changed["to"])
     return summary
+
+
+def _identity_change(manifest, models: dict) -> dict | None:
+    """``{"from": old, "to": new}`` when this run's identity model differs from the one the latest
+    annotation with an identity model used (the manifest's), else None."""
+    new = models.get("identity")
+    if new is None or manifest is None or not manifest.num_rows:
+        return None
+    old = ST.current_identity_model(manifest)
+    return {"from": old, "to": new} if old is not None and old != new else None
+
+
+def on_identity_model_changed(dst: str, options: dict, run_id: str, old: str, new: str) -> dict | None:
+    """The hook called at the end of a committed run whose identity model differs from the last
+    one: ``DST/_people/`` was built on the old model's embeddings, so the people stage re-clusters
+    it now (ids and names carried over by overlap; the live view gives the new model's embeddings
+    only, :func:`~facebatch.annotate.state.read_latest`). Returns the people summary, or None when
+    there is no ``_people/``. A failure here does not undo the committed run: it is reported and
+    the next ``facebatch people`` run re-clusters (it sees the model change itself)."""
+    from ..people.state import people_root
+    fs, root = people_root(dst, options)
+    if not fs.exists(root):
+        return None
+    _print(f"[facebatch] the identity model changed ({old} -> {new}): re-clustering {dst}/_people")
+    try:
+        from ..people import run_people
+        return run_people(dst, options, run_id=run_id, recluster=True, log=_print)
+    except Exception as exc:
+        _print(f"[facebatch] could not rebuild _people/ after the identity model change: {type(exc).__name__}: "
+               f"{exc}; run `facebatch people --annotations {dst}`")
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def _summarise(run: _Run) -> dict:
@@ -529,6 +585,7 @@ def _summary(run: _Run) -> dict:
         "rows": sum(st["n_rows"] for st in results.values()), "failed": n_failed,
         "failure_rate": round(n_failed / processed, 4) if processed else 0.0,
         "status_counts": dict(sorted(statuses.items())), "row_status_counts": dict(sorted(rows_by.items())),
+        **retryable_fields(results.values()),
         "faces": rows_by.get(S.OK, 0), "redecoded_for_crops": sum(st.get("redecoded", 0) for st in results.values()),
         "wall_s": clock["wall_s"], "processing_s": round(run.processing_s, 2),
         "images_per_s": round(processed / run.processing_s, 2) if processed and run.processing_s > 0 else None,
@@ -541,5 +598,7 @@ def _summary(run: _Run) -> dict:
         "actors": n_actors,
         "skipped": run.skipped, "recovered": run.recovered,
         "models": first.get("models"), "attributes": first.get("attributes"), "outputs": first.get("outputs"),
+        "model_fingerprints": first.get("model_fingerprints") or run.models,
+        "identity_model_changed": run.identity_changed,
         "config": cfg.to_dict(), "ray": run.info,
     }

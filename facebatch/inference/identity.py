@@ -70,7 +70,10 @@ class IdentityHead:
         example = torch.rand((2, 3, 150, 150), generator=torch.Generator().manual_seed(0)) * 255
         self.runner, self.runtime_info = accelerate(self.model, example, runtime, self.device,
                                                     what=f"identity {self.name}")
-        self.input = None  # cuts its own aligned chips
+        self.input = None  # cuts its own aligned chips, from the photo
+        # what the face's box, grown by a quarter each side, must span in the image chips are cut
+        # from (annotate decodes big JPEGs again at a finer scale below it): the chip's 150 px
+        self.crop_need = (150, 0.25)
 
     @property
     def name(self) -> str:
