@@ -17,6 +17,10 @@ out/drills/ for docs/RELIABILITY.md.
   in-run rerun: pass is a clear failure (or a finish) and the same command again completing, with
   read_latest holding every listed image exactly once.
 - s3-outage: preprocess from s3:// through a proxy that resets connections for --outage-s (60) s.
+- preprocess-write-outage, annotate-write-outage: 40 local images written to s3:// through the proxy,
+  which goes down at the PUT of the third part for --write-outage-s (60) s against --retry-seconds
+  20: the run must stop (exit 75, resume hint), and once S3 is back the same command (preprocess:
+  --resume) must leave the same rows as an uninterrupted run.
 - s3-outage-long: the same with --long-outage-s 120 against --retry-seconds 30 (4x the budget, in
   place of a 10-minute outage); markers are checked against rows, then --resume once S3 is back
   (after a failure or when rows a retry could fix remain) must leave every row ok, once.
@@ -575,13 +579,140 @@ def drill_s3_outage(n: int, root: Path, outage_s: float = 60, retry_s: float | N
         server.stop()
 
 
+def _rows_key(rows: list[dict], cols: tuple[str, ...]) -> list[tuple]:
+    """Rows as sorted tuples of ``cols``, boxes rounded to 1e-3 px (two runs of the same inputs)."""
+    def v(r, c):
+        x = r.get(c)
+        return json.dumps([round(float(b), 3) for b in x]) if c == "box" and x is not None else x
+    return sorted(tuple(v(r, c) for c in cols) for r in rows)
+
+
+def _preprocess_rows(out: str, options: dict) -> list[dict]:
+    import pyarrow.parquet as pq
+    from facebatch.storage import filesystem, join
+    fs, root = filesystem(out, options)
+    rows: list[dict] = []
+    for p in sorted(fs.glob(join(root, "part-*.parquet"))):
+        with fs.open(p, "rb") as f:
+            rows.extend(pq.read_table(f, columns=["path", "face_index", "status", "split", "box"]).to_pylist())
+    return rows
+
+
+def drill_write_outage(job: str, n: int, root: Path, outage_s: float = 60, retry_s: float = 20,
+                       shard_size: int = 4) -> dict:
+    """A part write meets a storage outage (issue 23). ``job`` (annotate or preprocess) reads ``n`` local
+    images and writes to s3:// (moto's server on 127.0.0.1 behind a TCP proxy); the proxy goes down
+    the moment a request for the third part arrives, for ``outage_s`` s, longer than the job's
+    ``--retry-seconds`` ``retry_s``. Pass: the run stops with exit 75 and the resume hint; once S3
+    is back, the same command (preprocess: with --resume) exits 0 and leaves the same rows as an
+    uninterrupted run into a local folder (path, face index, status, split or run-free columns, box
+    to 1e-3 px), each once."""
+    import shutil
+    import threading
+    from moto.server import ThreadedMotoServer
+    from test_job_submit import RayHead
+    from test_preprocess_safety_proxy import FaultProxy
+    from facebatch.storage import storage_options
+    src = _subset(max(n, 1), root) / "training"
+    inp = root / f"write-outage-input-{n}"
+    if not inp.exists():
+        inp.mkdir()
+        for p in sorted(src.iterdir())[:n]:
+            (inp / p.name).symlink_to(p.resolve())
+    creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    os.environ.update(creds)
+    import logging
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    direct = f"http://{host}:{port}"
+    proxy = FaultProxy(host, int(port))
+    bucket = f"fb-write-outage-{job}"  # moto keeps its buckets per process, across servers
+    out = f"s3://{bucket}/{job}"
+    ref = root / f"write-outage-{job}-ref"
+    if ref.exists():
+        shutil.rmtree(ref)
+    head = RayHead(num_cpus=2)
+    try:
+        import s3fs
+        s3fs.S3FileSystem(client_kwargs={"endpoint_url": direct}).mkdir(bucket)
+        head.wait_ready()
+        base = [sys.executable, f"jobs/{job}.py", "--address", f"127.0.0.1:{head.gcs_port}", "--input", str(inp),
+                "--shard-size", str(shard_size), "--retry-seconds", f"{retry_s:g}"]
+        if job == "preprocess":
+            base += ["--progress", "log", "--log-every", "5"]
+        cmd = base + ["--output", out, "--s3-endpoint-url", proxy.endpoint]
+        env = dict(_weights_env(head.env), **creds)
+        proxy.trigger = b"part-00002.parquet HTTP"  # the request line of the third part's PUT
+        went_down: dict = {}
+
+        def outage() -> None:  # back up outage_s after the trigger took S3 down
+            while proxy._up.is_set() and not went_down.get("stop"):
+                time.sleep(0.05)
+            went_down["t"] = time.time()
+            time.sleep(outage_s)
+            proxy.up()
+            went_down["up"] = time.time()
+        watcher = threading.Thread(target=outage, daemon=True)
+        watcher.start()
+        t0 = time.time()
+        r1 = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=1800)
+        t1_end = time.time()
+        went_down["stop"] = True
+        watcher.join(timeout=outage_s + 5)
+        if "up" not in went_down:
+            proxy.up()
+        text1 = r1.stdout + r1.stderr
+        t_down = went_down.get("t")
+        rerun = cmd + (["--resume"] if job == "preprocess" else [])
+        r2 = subprocess.run(rerun, env=env, cwd=REPO, capture_output=True, text=True, timeout=1800)
+        t_done = time.time()
+        r3 = subprocess.run(base + ["--output", str(ref)], env=env, cwd=REPO, capture_output=True, text=True,
+                            timeout=1800)
+        options = storage_options(direct)
+        if job == "annotate":
+            from facebatch.annotations import read_latest
+            cols = ("path", "face_index", "status", "box", "smile_label", "eyeglasses_label")
+            got = read_latest(out, options=options).to_pylist()
+            want = read_latest(str(ref)).to_pylist()
+            fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": direct})
+            unfinished = [p for p in fs.glob(f"{bucket}/{job}/dt=*/run=*") if not fs.exists(f"{p}/_SUCCESS")]
+        else:
+            cols = ("path", "face_index", "status", "split", "box")
+            got, want = _preprocess_rows(out, options), _preprocess_rows(str(ref), {})
+            unfinished = []
+        a, b = _rows_key(got, cols), _rows_key(want, cols)
+        keys = [(r[0], r[1]) for r in a]
+        hint = [ln.strip()[:400] for ln in text1.splitlines() if "error:" in ln and "rerun" in ln]
+        res = {"drill": f"{job}: S3 down {outage_s:g} s from the PUT of the third part (--retry-seconds {retry_s:g}), "
+                        "then the same command" + (" with --resume" if job == "preprocess" else ""),
+               "run": True, "outage_hit": t_down is not None, "refused_connections": proxy.refused,
+               "first_rc": r1.returncode, "first_run_s": round(t1_end - t0, 1),
+               "first_ended_s_after_outage_start": None if t_down is None else round(t1_end - t_down, 1),
+               "resume_hint": hint[-1] if hint else None, "rerun_rc": r2.returncode, "ref_rc": r3.returncode,
+               "expected": n, "found": len({r[0] for r in a}), "rows": len(a), "ref_rows": len(b),
+               "duplicates": len(keys) - len(set(keys)), "equal_to_uninterrupted": a == b,
+               "statuses": {st: [r[2] for r in a].count(st) for st in {r[2] for r in a}},
+               "unfinished_runs_left": unfinished,
+               "time_to_recover_s": None if t_down is None else round(t_done - went_down.get("up", t_down), 1)}
+        (root / f"{job}-write-outage.log").write_text(text1 + "\n---- rerun ----\n" + r2.stdout + r2.stderr +
+                                                      "\n---- reference ----\n" + r3.stdout + r3.stderr)
+        return res
+    finally:
+        head.stop()
+        proxy.close()
+        server.stop()
+
+
 def main(argv=None) -> int:
     if argv is None and sys.argv[1:2] == ["_node"]:
         launch_node(sys.argv[2:])
         return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("drills", nargs="+", choices=["node-loss", "driver-kill", "sigint", "annotate-kill", "train-worker", "s3-outage",
-                                                "annotate-node-loss", "s3-outage-long"])
+                                                "annotate-node-loss", "s3-outage-long", "preprocess-write-outage",
+                                                "annotate-write-outage"])
     ap.add_argument("--images", type=int, default=400)
     ap.add_argument("--stall-s", type=float, default=300, help="node-loss: give up on the driver after this long")
     ap.add_argument("--annotate-images", type=int, default=40)
@@ -590,6 +721,9 @@ def main(argv=None) -> int:
     ap.add_argument("--long-outage-s", type=float, default=120, help="s3-outage-long: outage (4x --long-retry-s)")
     ap.add_argument("--long-retry-s", type=float, default=30, help="s3-outage-long: the job's --retry-seconds")
     ap.add_argument("--annotate-node-loss-images", type=int, default=200)
+    ap.add_argument("--write-outage-images", type=int, default=40, help="*-write-outage: images (shard size 4)")
+    ap.add_argument("--write-outage-s", type=float, default=60, help="*-write-outage: outage from the third part's PUT")
+    ap.add_argument("--write-retry-s", type=float, default=20, help="*-write-outage: the job's --retry-seconds")
     ap.add_argument("--out", default=str(REPO / "out" / "drills"))
     a = ap.parse_args(argv)
     from facebatch.raycluster import local_ray_env
@@ -612,6 +746,8 @@ def main(argv=None) -> int:
             r = drill_train_worker(root, Path(a.train_data))
         elif d == "annotate-node-loss":
             r = drill_annotate_node_loss(a.annotate_node_loss_images, root, a.stall_s)
+        elif d.endswith("-write-outage"):
+            r = drill_write_outage(d.split("-")[0], a.write_outage_images, root, a.write_outage_s, a.write_retry_s)
         elif d == "s3-outage-long":
             r = drill_s3_outage(a.images, root, a.long_outage_s, retry_s=a.long_retry_s, name="s3-outage-long")
         else:

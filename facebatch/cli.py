@@ -6,8 +6,14 @@
     facebatch train keypoints|attributes Ray Train job: Parquet -> keypoint or attribute model
     facebatch evaluate keypoints|attributes|identity ...  metrics, predictions and pictures for a model
     facebatch enroll ...                 people folders -> identity gallery; --match photos against it
+    facebatch forget --annotations DST (--path GLOB | --person NAME_OR_ID)   erase photos' faces everywhere
 
 Run ``facebatch SUBCOMMAND --help`` for the options of each.
+
+Exit status: 0 done; 1 an unexpected error; 2 bad usage (options, inputs, credentials); 3 too many
+inputs failed (``--max-failure-rate``); 75 try again later (inputs failed on a transient storage
+error, a storage outage or lost node stopped the run, or another run holds the output's lock);
+130 interrupted. See :mod:`facebatch.batch.errors`.
 """
 from __future__ import annotations
 
@@ -26,6 +32,8 @@ SUBCOMMANDS = {
     "enroll": "facebatch.commands.enroll",
     "annotate": "facebatch.annotate.cli",
     "serve": "facebatch.serve.cli",
+    "people": "facebatch.commands.people",
+    "forget": "facebatch.annotate.forget",
 }
 
 
@@ -94,6 +102,17 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"\nfacebatch {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        # Errors that know their exit status (facebatch.batch.errors: JobFailed 75 or 1, the output
+        # lock held by another run 75); anything else is a bug: traceback, exit 1.
+        status = getattr(exc, "exit_status", None)
+        if not isinstance(status, int):
+            raise
+        if args.verbose:
+            import traceback
+            traceback.print_exc()
+        print(f"facebatch {args.command}: error: {exc}", file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":

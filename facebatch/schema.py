@@ -27,8 +27,10 @@ EMPTY_FILE = "empty_file"
 TOO_LARGE = "too_large"
 READ_ERROR = "read_error"
 DETECT_ERROR = "detect_error"
-STATUSES = (OK, NO_FACE, DECODE_ERROR, EMPTY_FILE, TOO_LARGE, READ_ERROR, DETECT_ERROR)
-FAILED_STATUSES = tuple(s for s in STATUSES if s not in (OK, NO_FACE))
+# Annotate rows only: the photo's faces were erased (``facebatch forget``); never annotated again.
+ERASED = "erased"
+STATUSES = (OK, NO_FACE, DECODE_ERROR, EMPTY_FILE, TOO_LARGE, READ_ERROR, DETECT_ERROR, ERASED)
+FAILED_STATUSES = tuple(s for s in STATUSES if s not in (OK, NO_FACE, ERASED))
 
 # Column names.
 PATH, SHA256, WIDTH, HEIGHT = "path", "sha256", "width", "height"

@@ -12,12 +12,13 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Iterable
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Iterable
 
 from .paths import data_dir
+
+if TYPE_CHECKING:  # torch loads on first use: finding and hashing files needs none (a job's driver)
+    import torch
+    from torch import nn
 
 
 class WeightsError(RuntimeError):
@@ -87,6 +88,7 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Load a state dict with ``weights_only=True``; unreadable files raise :class:`WeightsError`."""
+    import torch
     path = Path(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)

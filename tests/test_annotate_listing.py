@@ -128,7 +128,8 @@ def test_next_run_picks_a_read_error_up_again():
     listing = pa.table({"path": ["a", "b"], "etag": ["e1", "e2"], "size": [1, 2], "mtime": [1.0, 2.0]},
                        schema=ST.LISTING_SCHEMA)
     manifest = pa.table({"path": ["a", "b"], "etag": ["e1", "e2"], "size": [1, 2], "mtime": [1.0, 2.0],
-                         "sha256": [None, "s"], "run_id": ["r1", "r1"], "status": ["read_error", "ok"]},
+                         "sha256": [None, "s"], "run_id": ["r1", "r1"], "status": ["read_error", "ok"],
+                         "models": [None, None], "identity_model": [None, None]},
                         schema=ST.MANIFEST_SCHEMA)
     d = ST.diff(listing, manifest)
     assert d.retry["path"].to_pylist() == ["a"] and d.unchanged["path"].to_pylist() == ["b"]

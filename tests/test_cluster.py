@@ -6,8 +6,9 @@
 - cluster/: every ray.io manifest validates against KubeRay's own v1 schemas (read in place from
   ../shared/schemas/kuberay, made strict so a misspelt field fails); built-in kinds validate with
   kubernetes-validate (strict, offline); every entrypoint and command line goes through the
-  facebatch CLI's parser (and `ray job submit`'s own option parser); rayservice.yaml's
-  serveConfigV2 is cluster/serve.yaml's text.
+  facebatch CLI's parser (and the `facebatch.batch.rerun` wrapper's, which gives schedulers the
+  job's own exit status and reruns on 75); rayservice.yaml's serveConfigV2 is cluster/serve.yaml's
+  text.
 
 The annotate job (jobs/annotate.py) and the Serve config (cluster/serve.yaml) are written
 separately: their checks skip, saying so, until those files exist, then run by themselves.
@@ -127,17 +128,32 @@ def job_specs(doc: dict) -> list[dict]:
     return []
 
 
+RERUN = ["python", "-m", "facebatch.batch.rerun"]
+
+
+def rerun_args(argv: list[str]):
+    """The `python -m facebatch.batch.rerun OPTIONS -- CMD` wrapper's options (its own parser), or None."""
+    if argv[:3] != RERUN:
+        return None
+    from facebatch.batch.rerun import parse
+    return parse(argv[3:])
+
+
 def command_lines() -> list[tuple[str, list[str]]]:
-    """Every `python jobs/X.py ...` command in the manifests, as argv lists."""
+    """Every `python jobs/X.py ...` command in the manifests, as argv lists (without the rerun wrapper)."""
     out = []
     for where, doc in k8s_docs():
         for js in job_specs(doc):
-            out.append((f"{where} entrypoint", shlex.split(js["entrypoint"])))
+            argv = shlex.split(js["entrypoint"])
+            wrapped = rerun_args(argv)
+            out.append((f"{where} entrypoint", wrapped.command if wrapped else argv))
         if doc["kind"] == "CronJob":
             for c in doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]:
                 argv = list(c.get("command", [])) + list(c.get("args", []))
-                assert argv[:3] == ["ray", "job", "submit"], f"{where}: expected `ray job submit`, got {argv[:3]}"
-                out.append((f"{where} ray job submit", argv[argv.index("--") + 1:]))
+                wrapped = rerun_args(argv)
+                assert wrapped is not None and wrapped.address, \
+                    f"{where}: expected `python -m facebatch.batch.rerun --address ...`, got {argv[:4]}"
+                out.append((f"{where} submit", wrapped.command))
     return out
 
 
@@ -275,18 +291,51 @@ def test_cronjob_forbids_overlap_and_submits_to_the_standing_cluster():
     assert doc["apiVersion"] == "batch/v1" and doc["kind"] == "CronJob"
     assert doc["spec"]["concurrencyPolicy"] == "Forbid"
     (c,) = doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
-    argv = c["command"]
-    # parse with `ray job submit`'s own option parser (click): unknown options fail here
-    from ray.dashboard.modules.job.cli import job_cli_group
-    ctx = job_cli_group.commands["submit"].make_context("submit", list(argv[3:]))
-    p = ctx.params
-    assert p["no_wait"] is False, "the CronJob must wait for the job (its exit code is the job's)"
+    # the rerun wrapper (its own parser: unknown options fail here) submits, waits and exits with
+    # the job's own status (`ray job submit` exits 1 for every failure)
+    p = rerun_args(c["command"])
+    assert p is not None, f"expected `python -m facebatch.batch.rerun`, got {c['command'][:4]}"
     (rc,) = load_docs(CLUSTER / "raycluster.yaml")
-    assert p["address"] == f"http://{rc['metadata']['name']}-head-svc:8265"
-    assert json.loads(p["runtime_env_json"])["env_vars"]["FACEBATCH_WEIGHTS_DIR"] == "/home/ray/weights"
-    assert p["entrypoint"][:2] == ("python", "/home/ray/facebatch/jobs/annotate.py")
+    assert p.address == f"http://{rc['metadata']['name']}-head-svc:8265"
+    assert p.runtime_env["env_vars"]["FACEBATCH_WEIGHTS_DIR"] == "/home/ray/weights"
+    assert p.entrypoint_num_cpus == 0
+    assert p.command[:2] == ["python", "/home/ray/facebatch/jobs/annotate.py"]
     tok = {e["name"]: e for e in c["env"]}["RAY_AUTH_TOKEN"]
     assert tok["valueFrom"]["secretKeyRef"]["name"] == rc["spec"]["authOptions"]["secretName"]
+
+
+def test_cronjob_retries_on_75_and_fails_fast_on_1_2_3():
+    (doc,) = load_docs(CLUSTER / "cronjob-annotate.yaml")
+    job = doc["spec"]["jobTemplate"]["spec"]
+    assert job["template"]["spec"]["restartPolicy"] == "Never"  # podFailurePolicy needs it
+    assert job["backoffLimit"] >= 2
+    (c,) = job["template"]["spec"]["containers"]
+
+    def action(code: int) -> str:
+        """What the Job does when the container exits ``code`` (first matching rule; default Count)."""
+        for rule in job["podFailurePolicy"]["rules"]:
+            oc = rule.get("onExitCodes")
+            if oc is None:
+                continue
+            assert oc["containerName"] == c["name"]
+            if (code in oc["values"]) == (oc["operator"] == "In"):
+                return rule["action"]
+        return "Count"
+    assert action(75) == "Count"
+    assert [action(code) for code in (1, 2, 3, 130)] == ["FailJob"] * 4
+    assert action(137) == "Count"  # OOM-killed or a lost node: retried
+    assert any(rule["action"] == "Ignore" and rule.get("onPodConditions") == [{"type": "DisruptionTarget"}]
+               for rule in job["podFailurePolicy"]["rules"])
+
+
+@pytest.mark.parametrize("where,doc", [pytest.param(w, d, id=w) for w, d in k8s_docs()
+                                       if d["kind"] in ("RayJob", "RayCronJob") and "train" not in w])
+def test_ray_jobs_rerun_in_place_on_75(where, doc):
+    """KubeRay's backoffLimit cannot tell exit statuses apart: the entrypoint reruns on 75 itself."""
+    for js in job_specs(doc):
+        p = rerun_args(shlex.split(js["entrypoint"]))
+        assert p is not None and p.address is None, f"{where}: entrypoint not wrapped in facebatch.batch.rerun"
+        assert p.attempts >= 2 and p.wait >= 60, f"{where}: {p.attempts} runs, {p.wait} s apart"
 
 
 # ---------------------------------------------------------------- entrypoints through the CLI

@@ -19,7 +19,7 @@ LAYERS = {
         "storage", "weights", "paths", "provenance", "raycluster", "release", "configs", "plots", "jsonsafe",
         "identity", "batch", "__init__"},
     1: {"inference"},
-    2: {"preprocess", "annotate", "annotations", "serve", "evaluation", "training", "commands"},
+    2: {"preprocess", "annotate", "annotations", "people", "serve", "evaluation", "training", "commands"},
     3: {"cli", "__main__"},
 }
 LAYER_OF = {name: level for level, names in LAYERS.items() for name in names}

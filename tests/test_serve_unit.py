@@ -139,12 +139,12 @@ class FakeModels:
     def __init__(self, ready=True, delay=0.0, error=None):
         self._ready, self.delay, self.error, self.calls = ready, delay, error, []
 
-    async def analyze(self, image, opts):
+    async def analyze(self, image, opts, timeout_s=None):
         self.calls.append((image.shape, opts))
         await asyncio.sleep(self.delay)
         if self.error:
             raise self.error
-        return [{"box": [0.0, 0.0, 1.0, 1.0]}]
+        return {"faces": [{"box": [0.0, 0.0, 1.0, 1.0]}], "faces_found": 1}
 
     async def describe(self):
         return {"detector": {"backend": "fake"}}

@@ -54,13 +54,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_detector_arguments(p)
     r = p.add_argument_group("run")
     r.add_argument("--full", action="store_true", help="ignore earlier runs and redo every listed object")
+    r.add_argument("--max-reannotate", type=int, default=None, metavar="N",
+                   help="re-annotate at most N stale objects (annotated by other model versions) this run, after "
+                        "the new and changed ones; the rest are left for later runs (default: all)")
     r.add_argument("--dry-run", action="store_true", help="list what would be processed and deleted, then exit")
     r.add_argument("--report", action="store_true", help="write report.html into the run folder")
     r.add_argument("--workers", type=int, default=None, help="analyzer actors (default: from the cluster's CPUs/GPUs)")
     r.add_argument("--cpus-per-worker", type=float, default=None, help="CPUs per analyzer actor (default: from the cluster)")
     r.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per analyzer actor (0 = CPU)")
     r.add_argument("--max-failure-rate", type=float, default=d.max_failure_rate,
-                   help="exit with status 3 when more than this share of processed inputs failed")
+                   help="exit with status 3 when more than this share of processed inputs failed (inputs that "
+                        "failed on a transient storage error make it 75 instead: rerun)")
     r.add_argument("--shard-size", type=int, default=d.shard_size,
                    help="inputs per part file at most (fewer on small runs, so that every worker gets an equal share)")
     r.add_argument("--max-pixels", type=int, default=d.max_pixels, help="larger images get status too_large")
@@ -82,7 +86,8 @@ def config_from_args(args: argparse.Namespace) -> AnnotateConfig:
         all_faces=args.all_faces, decode=args.decode,
         workers=args.workers, cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
         shard_size=args.shard_size, max_pixels=args.max_pixels, max_failure_rate=args.max_failure_rate,
-        full=args.full, dry_run=args.dry_run, report=args.report, s3_endpoint_url=args.s3_endpoint_url,
+        full=args.full, max_reannotate=args.max_reannotate, dry_run=args.dry_run, report=args.report,
+        s3_endpoint_url=args.s3_endpoint_url,
         lock_ttl_s=args.lock_ttl, retry_s=args.retry_seconds)
 
 
@@ -90,6 +95,9 @@ def print_summary(s: dict, stream=sys.stdout) -> None:
     print("\n== facebatch annotate summary ==", file=stream)
     print(f"run {s['run_id']}  listed {s['listed']}: new {s['new']}, changed {s['changed']}, retried {s['retried']}, "
           f"unchanged {s['unchanged']}, deleted {s['deleted']}", file=stream)
+    if s.get("stale") or s.get("erased"):
+        print(f"stale (other model versions) {s.get('stale', 0)}: re-annotated {s.get('reannotated', 0)}, "
+              f"left for later runs {s.get('stale_left', 0)}; erased (skipped) {s.get('erased', 0)}", file=stream)
     print(f"processed {s['processed']}  rows {s['rows']}  faces {s['faces']}  failed {s['failed']}", file=stream)
     if s["status_counts"]:
         print("by status: " + ", ".join(f"{k} {v}" for k, v in s["status_counts"].items()), file=stream)
@@ -99,26 +107,32 @@ def print_summary(s: dict, stream=sys.stdout) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Exit status (:mod:`facebatch.batch.errors`): 0 clean; 75 inputs failed on a transient storage
+    error, the run stopped on a storage outage or lost node, or another run holds the lock (rerun
+    later); 3 too many permanent failures; 1 other errors; 2 bad usage and 130 Ctrl-C (top level)."""
+    from ..batch.errors import EXIT_TEMPFAIL
+    from ..batch.summary import exit_status, retry_hint
     from .lock import LockHeld
     from .pipeline import JobFailed, run_annotate
     cfg = config_from_args(args)
     ray_was_up = _ray_initialized()
     try:
         summary = run_annotate(cfg, address=args.address)
-    except LockHeld as exc:
+    except LockHeld as exc:  # another run is writing this output: try again later
         print(f"facebatch annotate: error: {exc}", file=sys.stderr)
-        return 4
-    except JobFailed as exc:  # a lost node or worker: nothing was committed, the same command finishes it
+        return EXIT_TEMPFAIL
+    except JobFailed as exc:  # nothing was committed, the same command finishes it
         if getattr(args, "verbose", False):
             import traceback
             traceback.print_exc()
         print(f"facebatch annotate: error: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_status
     if not ray_was_up:  # committed: end the Ray this command started now (a failed run leaves it to exit)
         _stop_ray()
     if summary.get("dry_run"):
         print(f"dry run: listed {summary['listed']}; would process {len(summary['would_process'])} "
-              f"(new {summary['new']}, changed {summary['changed']}, retried {summary['retried']}), "
+              f"(new {summary['new']}, changed {summary['changed']}, retried {summary['retried']}, "
+              f"stale {summary.get('reannotated', 0)} of {summary.get('stale', 0)}), "
               f"unchanged {summary['unchanged']}, deleted {summary['deleted']}")
         for p in summary["would_process"]:
             print(f"process {p}")
@@ -126,11 +140,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"deleted {p}")
         return 0
     print_summary(summary)
-    if summary["failure_rate"] > cfg.max_failure_rate:
+    status = exit_status(summary, cfg.max_failure_rate)
+    if status == EXIT_TEMPFAIL:
+        print(f"facebatch annotate: {retry_hint(summary, 'run the same command again')}", file=sys.stderr)
+    elif status:
         print(f"facebatch annotate: {summary['failed']} of {summary['processed']} inputs failed "
               f"({summary['failure_rate']:.1%}), above --max-failure-rate {cfg.max_failure_rate:.1%}", file=sys.stderr)
-        return 3
-    return 0
+    return status
 
 
 def _ray_initialized() -> bool:

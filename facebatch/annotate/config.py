@@ -29,7 +29,10 @@ class AnnotateConfig:
         shard_size: inputs per part file.
         max_pixels: larger images get ``too_large`` without decoding.
         max_failure_rate: exit status 3 above this share of failed inputs.
-        full: ignore earlier runs and redo every listed object.
+        full: ignore earlier runs and redo every listed object (erased ones stay erased).
+        max_reannotate: re-annotate at most this many stale objects (annotated by other models,
+            :mod:`.versions`) this run, oldest first; ``None``: all of them. The summary's
+            ``stale_left`` counts the rest, which later runs take.
         dry_run: list and diff, print what would be processed, write nothing.
         report: write ``report.html`` into the run folder.
         s3_endpoint_url: S3-compatible endpoint (default ``$AWS_ENDPOINT_URL``).
@@ -51,6 +54,7 @@ class AnnotateConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_failure_rate: float = 0.05
     full: bool = False
+    max_reannotate: int | None = None
     dry_run: bool = False
     report: bool = False
     s3_endpoint_url: str | None = None
@@ -71,6 +75,8 @@ class AnnotateConfig:
             raise ValueError(f"--max-pixels must be positive, got {self.max_pixels}")
         if not 0.0 <= self.max_failure_rate <= 1.0:
             raise ValueError(f"--max-failure-rate must be in [0, 1], got {self.max_failure_rate}")
+        if self.max_reannotate is not None and self.max_reannotate < 0:
+            raise ValueError(f"--max-reannotate must be >= 0, got {self.max_reannotate}")
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"--workers must be at least 1, got {self.workers}")
         if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:

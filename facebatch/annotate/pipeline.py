@@ -26,7 +26,7 @@ import numpy as np
 
 from .. import schema as S
 from ..batch.check import check_rows
-from ..batch.errors import JobFailed, rerun_can_fix, short_error, write_failed
+from ..batch.errors import JobFailed, rerun_can_fix, short_error, write_failed, write_failure
 from ..batch.progress import StepClock
 from ..batch.retry import RetryPolicy, call_with_retries, one_by_one, retry_note, retryable_inputs
 from ..batch.shards import part_name
@@ -435,7 +435,9 @@ def _process(run: _Run, address: str | None) -> None:
         try:
             _run_pipeline(run, shards, pool)
         except Exception as exc:
-            raise JobFailed(f"annotate run {run.run_id} failed: {short_error(exc)}; {len(run.tally.results)} of "
+            # a part that could not be written says so (storage outage), else Ray's cause
+            raise JobFailed(f"annotate run {run.run_id} failed: {write_failure(exc) or short_error(exc)}; "
+                            f"{len(run.tally.results)} of "
                             f"{len(shards)} shards were written, nothing was committed: rerun the same command",
                             retryable=rerun_can_fix(exc)) from exc
         run.marks["last_shard"] = time.time()
@@ -497,10 +499,10 @@ def _identity_change(manifest, models: dict) -> dict | None:
 def on_identity_model_changed(dst: str, options: dict, run_id: str, old: str, new: str) -> dict | None:
     """The hook called at the end of a committed run whose identity model differs from the last
     one: ``DST/_people/`` was built on the old model's embeddings, so the people stage re-clusters
-    it now (ids and names carried over by overlap; the live view gives the new model's embeddings
-    only, :func:`~facebatch.annotate.state.read_latest`). Returns the people summary, or None when
-    there is no ``_people/``. A failure here does not undo the committed run: it is reported and
-    the next ``facebatch people`` run re-clusters (it sees the model change itself)."""
+    it now (``run_people(recluster=True)``: ids and names carried over where faces overlap; the
+    live view gives the new model's embeddings only, :func:`~facebatch.annotate.state.read_latest`).
+    Returns the people summary, or None when there is no ``_people/``. A failure here does not undo
+    the committed run: it is reported; ``facebatch people --recluster`` does the same later."""
     from ..people.state import people_root
     fs, root = people_root(dst, options)
     if not fs.exists(root):

@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from .. import schema as S
 
-SCHEMA_VERSION = "annotate-1"
+SCHEMA_VERSION = "annotate-2"  # 2: models, identity_model; status erased
 f32 = pa.float32()
 TS = pa.timestamp("ms", tz="UTC")
 
@@ -21,6 +21,10 @@ META_CONFIG = b"facebatch.config"
 META_VERSION = b"facebatch.version"
 META_GIT = b"facebatch.git"
 META_SCHEMA = b"facebatch.schema_version"
+
+#: which models made the row (:mod:`.versions`): ``{"detector": "2979b33ffafd", ...}`` as compact JSON
+#: with sorted keys; and the identity model's fingerprint (null when no identity model ran)
+MODELS, IDENTITY_MODEL = "models", "identity_model"
 
 #: the columns a listing gives per source object
 SOURCE_FIELDS = [pa.field("etag", pa.string()), pa.field("size", pa.int64()), pa.field("mtime", pa.float64())]
@@ -45,6 +49,7 @@ def schema(columns: Sequence[tuple[str, str]]) -> pa.Schema:
     ]
     fields += [pa.field(name, ARROW_TYPES[dtype]) for name, dtype in columns]
     fields += [pa.field(S.CROP, pa.binary()),
+               pa.field(MODELS, pa.string()), pa.field(IDENTITY_MODEL, pa.string()),
                pa.field("run_id", pa.string(), nullable=False), pa.field("annotated_at", TS)]
     return pa.schema(fields)
 

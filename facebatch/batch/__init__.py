@@ -8,8 +8,10 @@
 - :mod:`.check`: rows in equal rows out, as sets of paths.
 - :mod:`.workers`: the actor pool from the cluster's CPUs, GPUs and nodes.
 - :mod:`.progress`: progress lines and bars, per-step clocks.
-- :mod:`.summary`: finished shards as they come back, rates and counts.
-- :mod:`.errors`: :class:`~.errors.JobFailed` and how worker failures reach the driver.
+- :mod:`.summary`: finished shards as they come back, rates and counts; the exit status of a finished run.
+- :mod:`.errors`: :class:`~.errors.JobFailed`, how worker failures reach the driver, the exit statuses.
+- :mod:`.rerun`: ``python -m facebatch.batch.rerun``: run a job again while it exits 75; submit it to a
+  Ray cluster and exit with the job's own status (the schedulers' side).
 
 Imports nothing from the jobs (nor torch); Ray only inside the functions that need it.
 """

@@ -2,11 +2,35 @@
 
 A worker that cannot write its part raises :func:`write_failed` (a plain ``RuntimeError`` with
 a key in its text: Ray hands the driver the text, not the type); the driver finds it again with
-:func:`write_failure`. :func:`is_lost_worker` tells a lost actor or node from a bug.
+:func:`write_failure`. :func:`is_lost_worker` tells a lost actor or node from a bug, and
+:func:`rerun_can_fix` both from a storage outage that outlasted the retries.
+
+The exit statuses every batch command (preprocess, annotate) returns, for schedulers:
+
+======  ==========================================================================================
+0       clean run
+1       anything else (a bug, an unexpected error: see the message, ``-v`` for the traceback)
+2       bad usage: options, inputs, credentials; nothing was done
+3       too many permanent failures (above ``--max-failure-rate``)
+75      try again later (``EX_TEMPFAIL``): rows failed on a transient storage error, the run stopped
+        on a storage outage or a lost node, or another run holds the output's lock. The same
+        command finishes the work.
+130     interrupted (Ctrl-C)
+======  ==========================================================================================
 """
 from __future__ import annotations
 
 WRITE_FAILED = "FACEBATCH_WRITE_FAILED "
+#: in the text of :class:`facebatch.batch.retry.RetriesExhausted` (and so in a row's ``error`` and a
+#: worker's write failure): a transient storage error outlasted ``--retry-seconds``
+EXHAUSTED = "still failing after"
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_TOO_MANY_FAILED = 3
+EXIT_TEMPFAIL = 75  # sysexits.h EX_TEMPFAIL
+EXIT_INTERRUPTED = 130
 
 _LOST = ("RayActorError", "ActorDiedError", "ActorUnavailableError", "NodeDiedError", "WorkerCrashedError",
          "ObjectLostError", "OwnerDiedError")
@@ -14,8 +38,18 @@ _LOST_TEXT = ("ActorDiedError", "RayActorError", "WorkerCrashedError", "ObjectLo
 
 
 class JobFailed(RuntimeError):
-    """The job stopped part-way for a reason a rerun can get past (storage outage, lost workers);
-    the message says what failed, what was kept and how to finish."""
+    """The job stopped part-way; the message says what failed, what was kept and how to finish.
+
+    ``retryable``: a rerun can get past it (a storage outage, lost workers or nodes): the command
+    exits :data:`EXIT_TEMPFAIL` (75); otherwise :data:`EXIT_ERROR` (1)."""
+
+    def __init__(self, message: str, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = bool(retryable)
+
+    @property
+    def exit_status(self) -> int:
+        return EXIT_TEMPFAIL if self.retryable else EXIT_ERROR
 
 
 def write_failed(shard_id: int, where: str, exc: BaseException) -> RuntimeError:
@@ -44,3 +78,12 @@ def short_error(exc: BaseException) -> str:
     text = [t for t in str(exc).strip().splitlines() if t.strip()]
     died = [t.strip() for t in text if "node" in t.lower() and ("died" in t.lower() or "dead" in t.lower())]
     return f"{type(exc).__name__}: {(died or text or [''])[-1]}"[:300]
+
+
+def rerun_can_fix(exc: BaseException) -> bool:
+    """True when running the job again can get past ``exc``: Ray lost a worker or node, a storage
+    error outlasted the retries (:data:`EXHAUSTED` in the text, also from a worker's
+    :func:`write_failed`), or the error itself is a transient storage error."""
+    from ..storage import is_transient
+    return is_lost_worker(exc) or any(EXHAUSTED in str(e) for e in (exc, exc.__cause__) if e is not None) \
+        or is_transient(exc)

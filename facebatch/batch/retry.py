@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 from ..storage import is_transient
+from .errors import EXHAUSTED
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,9 @@ def call_with_retries(fn: Callable[[], Any], policy: RetryPolicy, what: str,
                 raise
             d = next(delays, None)
             if d is None:
-                raise RetriesExhausted(f"{what}: {type(exc).__name__}: {exc} (still failing after {attempt} "
-                                       f"attempts over {time.monotonic() - t0:.0f} s)"[:600]) from exc
+                # the marker comes first: rows and worker errors keep only the start of the text
+                raise RetriesExhausted(f"{EXHAUSTED} {attempt} attempts over {time.monotonic() - t0:.0f} s: {what}: "
+                                       f"{type(exc).__name__}: {exc}"[:600]) from exc
             if on_retry is not None:
                 on_retry(what, exc, attempt, d)
             sleep(d)
@@ -84,6 +86,20 @@ def failure_text(exc: BaseException) -> str:
     transient error's."""
     shown = exc.__cause__ if isinstance(exc, RetriesExhausted) and exc.__cause__ else exc
     return f"{type(shown).__name__}: {exc}"
+
+
+def failed_transiently(error: str | None) -> bool:
+    """True for a row's ``error`` that :func:`failure_text` made after :class:`RetriesExhausted`: a
+    transient storage error outlasted ``--retry-seconds``, and a rerun can succeed."""
+    return bool(error) and EXHAUSTED in error
+
+
+def retryable_inputs(rows: Iterable[dict]) -> int:
+    """Inputs among ``rows`` (first row of each: ``face_index`` <= 0) whose read failed transiently
+    (status ``read_error``, :func:`failed_transiently`): they make the run exit 75."""
+    from .. import schema as S
+    return sum(1 for r in rows if (r.get(S.FACE_INDEX) or 0) <= 0 and r.get(S.STATUS) == S.READ_ERROR
+               and failed_transiently(r.get(S.ERROR)))
 
 
 def one_by_one(fn: Callable[[list], list], items: Sequence, on_error: Callable[[int, Exception], Any]) -> list:

@@ -19,7 +19,7 @@ import argparse
 import importlib
 
 KINDS = {"keypoints": "facebatch.evaluation.keypoints", "attributes": "facebatch.evaluation.attributes",
-         "identity": "facebatch.evaluation.identity"}
+         "identity": "facebatch.evaluation.identity", "people": "facebatch.evaluation.people"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

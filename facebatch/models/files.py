@@ -15,12 +15,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from ..weights import WeightsError
+
+if TYPE_CHECKING:  # torch loads on first use: resolving a model's file needs none (a job's driver)
+    from torch import nn
 
 FORMAT = "facebatch-model-1"
 RELEASE_DIR = Path(__file__).resolve().parent.parent / "release"
@@ -48,6 +48,7 @@ def resolve_model_path(name_or_path: str) -> Path:
 def save_model_file(path: str | os.PathLike, task: str, model_name: str, model_kwargs: dict,
                     model: nn.Module, meta: dict, fp16: bool = False) -> Path:
     """Write a model file; ``fp16`` halves floating-point tensors (buffers like BN counts stay)."""
+    import torch
     state = {k: (v.half() if fp16 and v.is_floating_point() else v).detach().cpu().clone()
              for k, v in model.state_dict().items()}
     path = Path(path)
@@ -58,6 +59,7 @@ def save_model_file(path: str | os.PathLike, task: str, model_name: str, model_k
 
 
 def read_model_file(path: str | os.PathLike) -> dict[str, Any]:
+    import torch
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:

@@ -51,7 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="share of persons in the 'val' split where the dataset defines none")
     r.add_argument("--max-failure-rate", type=float, default=cfg.max_failure_rate,
                    help="exit with status 3 when more than this share of inputs fail to read or decode "
-                        "(any failure is also warned about in the summary)")
+                        "(any failure is also warned about in the summary; inputs that failed on a transient "
+                        "storage error make it 75 instead: rerun with --resume)")
     r.add_argument("--resume", action="store_true",
                    help="skip parts a previous run finished whose inputs are unchanged; redo parts whose inputs "
                         "changed and parts with read_error/detect_error rows")
@@ -112,10 +113,13 @@ def print_summary(s: dict, stream=sys.stdout) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the job; expected failures print one line (``-v``: with the traceback), no raw traceback:
-    bad options/inputs/storage exit 2, a run stopped part-way exits 1, Ctrl-C exits 130."""
+    """Run the job; expected failures print one line (``-v``: with the traceback), no raw traceback.
+    Exit status (:mod:`facebatch.batch.errors`): 0 clean; 75 inputs failed on a transient storage
+    error or the run stopped on a storage outage or lost node (rerun with --resume); 3 too many
+    permanent failures; 2 bad options/inputs/storage; 130 Ctrl-C; 1 anything else."""
     from ..batch.check import OutputCheckError
-    from ..batch.errors import JobFailed
+    from ..batch.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_TEMPFAIL, JobFailed
+    from ..batch.summary import exit_status, retry_hint
     from .pipeline import Interrupted, run_preprocess
     verbose = getattr(args, "verbose", False)
     try:
@@ -129,19 +133,21 @@ def run(args: argparse.Namespace) -> int:
         if verbose:
             traceback.print_exc()
         print(f"facebatch preprocess: error: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_status if isinstance(exc, JobFailed) else EXIT_ERROR
     except KeyboardInterrupt as exc:
         if verbose:
             traceback.print_exc()
         msg = str(exc) if isinstance(exc, Interrupted) else "interrupted; rerun the same command with --resume"
         print(f"\nfacebatch preprocess: {msg}", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     print_summary(summary)
-    if summary["failure_rate"] > cfg.max_failure_rate:
+    status = exit_status(summary, cfg.max_failure_rate)
+    if status == EXIT_TEMPFAIL:
+        print(f"facebatch preprocess: {retry_hint(summary, 'rerun the same command with --resume')}", file=sys.stderr)
+    elif status:
         print(f"facebatch preprocess: {summary['failed']} of {summary['inputs']} inputs failed "
               f"({summary['failure_rate']:.1%}), above --max-failure-rate {cfg.max_failure_rate:.1%}", file=sys.stderr)
-        return 3
-    return 0
+    return status
 
 
 def preprocess(argv: list[str]) -> int:

@@ -22,16 +22,18 @@ from dataclasses import dataclass
 
 from .. import schema as S
 from ..batch.check import check_rows
-from ..batch.errors import JobFailed, is_lost_worker, short_error, write_failed, write_failure
+from ..batch.errors import JobFailed, is_lost_worker, rerun_can_fix, short_error, write_failed, write_failure
 from ..batch.listing import input_fingerprint, version_of
 from ..batch.progress import Progress
-from ..batch.retry import RetryCounter, RetryPolicy, call_with_retries, failure_text, one_by_one, retry_note
+from ..batch.retry import (
+    RetryCounter, RetryPolicy, call_with_retries, failure_text, one_by_one, retry_note, retryable_inputs,
+)
 from ..batch.shards import (
     DONE_DIR, MARKER_VERSION, PART_GLOB, ResumePlan, part_name, plan_resume, plan_shards, read_markers,
     shard_inputs_hash, shard_of, write_marker,
 )
 from ..batch.sink import ParquetSink, Sink
-from ..batch.summary import ShardTally, count, failed
+from ..batch.summary import ShardTally, count, failed, retryable_fields
 from ..batch.workers import WorkerPlan, alive_resources, plan_on_cluster, plan_workers, precheck_local
 from ..storage import check_writable, filesystem, join, object_info, storage_options
 from .config import PreprocessConfig
@@ -181,6 +183,7 @@ class ShardProcessor:
             stats = {"shard_id": shard_id, "n_inputs": len(items), "n_rows": len(rows),
                      "status_counts": dict(Counter(r[S.STATUS] for r in rows)),
                      "input_status_counts": dict(Counter(r[S.STATUS] for r in rows if (r[S.FACE_INDEX] or 0) <= 0)),
+                     "retryable": retryable_inputs(rows),  # read_error after a transient storage error
                      "decode_s": decode_s, "detect_s": detect_s, "crop_s": crop_s,
                      "write_s": time.perf_counter() - t0, "retries": read_retries + counter.retries,
                      "inputs_sha256": inputs_sha256,
@@ -319,7 +322,7 @@ def run_preprocess(cfg: PreprocessConfig, address: str | None = None, random_wei
         from ..storage import storage_error_message
         msg = storage_error_message(exc, cfg.output, options)
         if msg:
-            raise JobFailed(f"{msg}; rerun the same command with --resume") from exc
+            raise JobFailed(f"{msg}; rerun the same command with --resume", retryable=rerun_can_fix(exc)) from exc
         raise
 
 
@@ -432,10 +435,14 @@ def _failure(job: _Job, tally: ShardTally, exc: BaseException, last: bool) -> Jo
     note = _finished_note(tally, len(job.shards))
     write_failed_ = write_failure(exc)
     if write_failed_:
+        if not rerun_can_fix(exc):  # e.g. access denied: not an outage
+            return JobFailed(f"{write_failed_}; {note}; fix the output's storage, then rerun the same command "
+                             "with --resume", retryable=False)
         return JobFailed(f"{write_failed_}; {note}; storage stayed unavailable for --retry-seconds "
                          f"{job.cfg.retry_s:g}: rerun the same command with --resume")
     if not is_lost_worker(exc) or last:
-        return JobFailed(f"the pipeline failed: {short_error(exc)}; {note}; rerun the same command with --resume")
+        return JobFailed(f"the pipeline failed: {short_error(exc)}; {note}; rerun the same command with --resume",
+                         retryable=rerun_can_fix(exc))
     return None
 
 
@@ -513,6 +520,7 @@ def summarise(job: _Job, records, results, done, wall, processing_s, info) -> di
         "inputs": n_in, "rows": checked["rows"], "rows_in_files": checked["rows_in_files"], "rows_check": "ok",
         "status_counts": dict(sorted(inputs_by_status.items())), "row_status_counts": dict(sorted(statuses.items())),
         "failed": n_failed, "failure_rate": n_failed / max(1, n_in),
+        **retryable_fields(results.values()),
         "shards": n_shards, "shards_skipped_resume": len(done),
         "retries": sum(s.get("retries", 0) for s in new),
         "wall_s": round(wall, 2), "processing_s": round(processing_s, 2),

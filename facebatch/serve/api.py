@@ -21,12 +21,17 @@ code   status              when
 500    internal_error      an unexpected failure (logged with its traceback; none sent)
 503    overloaded          the model queue is full (``Retry-After`` header)
 503    unavailable         models not loaded yet / no replica
-504    timeout             the request ran past its deadline
+504    timeout             the request ran past its deadline (its work in the model replica is
+                           cancelled: the handle call, and so the replica's task, between face chunks)
 =====  ==================  ==========================================================
+
+A 200 answer carries ``faces`` (at most ``max_faces``, the largest first), ``faces_found`` (what
+the detector found) and ``faces_truncated`` (``faces_found`` is more than the faces answered).
 """
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import json
 import logging
@@ -86,6 +91,11 @@ class AnnotateOptions:
                 raise ApiError(400, "bad_request", "max_faces must be >= 0")
         return cls(**kw)
 
+    def capped(self, max_faces: int) -> "AnnotateOptions":
+        """The options with ``max_faces`` at most the server's (its default when not given)."""
+        mf = max_faces if self.max_faces is None else min(self.max_faces, max_faces)
+        return self if mf == self.max_faces else dataclasses.replace(self, max_faces=mf)
+
 
 def _flag(name: str, v: str) -> bool:
     if v.lower() in ("1", "true", "yes"):
@@ -119,7 +129,9 @@ def shape_faces(faces: list, opts: AnnotateOptions) -> list[dict]:
 
 
 class Models(Protocol):
-    async def analyze(self, image, opts: AnnotateOptions) -> list[dict]: ...
+    async def analyze(self, image, opts: AnnotateOptions, timeout_s: float | None = None) -> dict:
+        """``{"faces": [face dicts, largest first], "faces_found": faces detected}``; ``timeout_s``:
+        what is left of the request's deadline (the model stops its work after it)."""
     async def describe(self) -> dict: ...
     async def stats(self) -> dict: ...
     async def ready(self) -> bool: ...
@@ -215,7 +227,8 @@ class AnnotateAPI:
             self._describe = await self._call(self.models.describe(), t0, self.options.request_timeout_s)
         o = self.options
         return json_response(200, {"status": "ok", "models": self._describe,
-                                   "limits": {"max_batch_size": o.max_batch_size, "max_body_mb": o.max_body_mb,
+                                   "limits": {"max_batch_size": o.max_batch_size, "max_faces": o.max_faces,
+                                              "face_chunk": o.face_chunk, "max_body_mb": o.max_body_mb,
                                               "max_pixels": o.max_pixels, "request_timeout_s": o.request_timeout_s,
                                               **o.limits()}})
 
@@ -226,7 +239,7 @@ class AnnotateAPI:
                                    "model": model})
 
     async def annotate(self, request, t0):
-        opts = AnnotateOptions.from_query(request.query_params)
+        opts = AnnotateOptions.from_query(request.query_params).capped(self.options.max_faces)
         deadline = self.options.request_timeout_s
         if request.query_params.get("timeout_s"):
             try:
@@ -244,8 +257,10 @@ class AnnotateAPI:
         dec = await loop.run_in_executor(self._pool, decode_image, data, self.options.max_pixels)
         if not dec.ok:
             raise ApiError(422, dec.status, dec.error or dec.status)
-        faces = await self._call(self.models.analyze(dec.image, opts), t0, deadline)
-        return json_response(200, {"status": "ok", "width": dec.width, "height": dec.height, "faces": faces})
+        out = await self._call(self.models.analyze(dec.image, opts, self._left(t0, deadline)), t0, deadline)
+        faces, found = out["faces"], int(out["faces_found"])
+        return json_response(200, {"status": "ok", "width": dec.width, "height": dec.height, "faces_found": found,
+                                   "faces_truncated": len(faces) < found, "faces": faces})
 
     # ------------------------------------------------------------------ helpers
     @staticmethod

@@ -11,10 +11,14 @@ Two deployments:
   deadline, JSON errors (:mod:`facebatch.serve.api`). It calls the model through a
   :class:`~ray.serve.handle.DeploymentHandle` whose queue is bounded (``max_queued_requests``).
 * ``FaceModel``: one :class:`~facebatch.inference.FaceAnalyzer` per replica. Concurrent requests
-  are gathered by ``@serve.batch``: the detector runs over the batch's images, then each model
-  once over every face of the batch (``FaceAnalyzer.analyze``). ``FaceAnalyzer.detect`` forms
-  the detector's padded sub-batches from images of the same padded input size only, so an
-  image gets the same answer in any batch as alone, as in ``annotate`` and ``analyze``.
+  are gathered by ``@serve.batch``, whose items are **units** of work (:mod:`facebatch.serve.work`):
+  a request's first unit detects its image's faces (batched with the other first units' images;
+  ``FaceAnalyzer.detect`` forms sub-batches of the same padded input size only, so an image gets
+  the same answer in any batch as alone), keeps the largest ``max_faces`` and analyses the first
+  ``face_chunk`` of them; each further unit analyses the next ``face_chunk``. A request queues
+  its next unit only when the previous one has answered, so a photo with hundreds of faces is
+  spread over many calls, with the other requests' work queued between them. A cancelled request
+  (504 or the client went away) stops between units.
 
 Limits on both hops come from :meth:`ServeOptions.limits`, so that neither caps the batch.
 """
@@ -31,8 +35,9 @@ import numpy as np
 from ray import serve
 from ray.serve import Application
 
-from .api import AnnotateAPI, AnnotateOptions, shape_faces
+from .api import AnnotateAPI, AnnotateOptions
 from .options import APP_NAME, TOKEN_ENV, ServeOptions, check_exposure
+from .work import FaceWork, Unit, UnitResult, answer
 
 log = logging.getLogger("facebatch.serve")
 
@@ -53,16 +58,19 @@ class FaceModel:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="facemodel")
         self._batched.set_max_batch_size(self.options.max_batch_size)
         self._batched.set_batch_wait_timeout_s(self.options.batch_wait_timeout_s)
+        self.work = FaceWork(self.fa, face_chunk=self.options.face_chunk, max_faces=self.options.max_faces)
         self.batch_sizes: Counter = Counter()
-        self.images = self.faces = 0
+        self.requests = self.cancelled = self.deadline_stops = 0
+        self.running_units = 0  # units of the batch call being computed now
         self.busy_s = 0.0
         try:
             self.replica = serve.get_replica_context().replica_id.unique_id
         except Exception:  # pragma: no cover - outside a replica
             self.replica = "local"
-        log.info("FaceModel %s loaded in %.1f s: max_batch_size=%d, wait=%.3f s, torch threads=%d",
-                 self.replica, self.load_s, self.options.max_batch_size, self.options.batch_wait_timeout_s,
-                 self.options.threads())
+        log.info("FaceModel %s loaded in %.1f s: max_batch_size=%d, wait=%.3f s, torch threads=%d, "
+                 "max_faces=%d, face_chunk=%d", self.replica, self.load_s, self.options.max_batch_size,
+                 self.options.batch_wait_timeout_s, self.options.threads(), self.options.max_faces,
+                 self.options.face_chunk)
 
     async def ready(self) -> bool:
         return True
@@ -71,38 +79,67 @@ class FaceModel:
         return self.fa.describe()
 
     async def stats(self) -> dict:
+        c = self.work.counters
         return {"replica": self.replica, "load_s": round(self.load_s, 2),
                 "max_batch_size": self.options.max_batch_size,
                 "batch_wait_timeout_s": self.options.batch_wait_timeout_s,
-                "batches": sum(self.batch_sizes.values()), "images": self.images, "faces": self.faces,
+                "max_faces": self.options.max_faces, "face_chunk": self.options.face_chunk,
+                "batches": sum(self.batch_sizes.values()), "requests": self.requests,
+                "images": int(c["detect_units"]), "faces": int(c["faces"]),
+                "units": int(c["units"]), "chunk_units": int(c["chunk_units"]),
+                "truncated_requests": int(c["truncated_requests"]),
+                "cancelled_requests": self.cancelled, "deadline_stops": self.deadline_stops,
+                "units_skipped_stopped": int(c["units_skipped_stopped"]),
+                "units_finished_stopped": int(c["units_finished_stopped"]), "running_units": self.running_units,
                 "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
                 "max_batch_seen": max(self.batch_sizes, default=0), "busy_s": round(self.busy_s, 3),
+                "compute_cpu_s": round(c["compute_cpu_s"], 3), "process_cpu_s": round(time.process_time(), 3),
                 "timings_s": {k: round(v, 3) for k, v in self.fa.timings.items()}}
 
-    async def analyze(self, image: np.ndarray, opts: AnnotateOptions) -> list[dict]:
-        return await self._batched((image, opts))
+    async def analyze(self, image: np.ndarray, opts: AnnotateOptions, timeout_s: float | None = None) -> dict:
+        """One request: its first unit (detection + first chunk), then one unit per further chunk.
+
+        Cancelling the task (Serve does when the ingress cancels the handle call) stops it between
+        units; ``timeout_s`` (what is left of the request's deadline) stops it too, as a backstop.
+        """
+        self.requests += 1
+        req = self.work.request(opts, timeout_s)
+        try:
+            r = await self._unit(Unit(req, image))
+            faces, rest = list(r.faces), r.rest
+            while rest:
+                unit, rest = self.work.next_unit(req, image, rest)
+                faces += (await self._unit(unit)).faces
+            return answer(faces, r.found)
+        except asyncio.CancelledError:
+            req.cancelled = True
+            self.cancelled += 1
+            raise
+
+    async def _unit(self, unit: Unit) -> UnitResult:
+        if unit.request.stopped():
+            self.deadline_stops += 1
+            raise TimeoutError("the request's deadline passed in the model replica")
+        r = await self._batched(unit)
+        if r is None:  # stopped while queued: its deadline passed
+            self.deadline_stops += 1
+            raise TimeoutError("the request's deadline passed in the model replica")
+        return r
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
-    async def _batched(self, items: list[tuple[np.ndarray, AnnotateOptions]]) -> list[list[dict]]:
+    async def _batched(self, units: list[Unit]) -> list[UnitResult | None]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self.run_batch, items)
+        return await loop.run_in_executor(self._pool, self.run_batch, units)
 
-    def run_batch(self, items: list[tuple[np.ndarray, AnnotateOptions]]) -> list[list[dict]]:
-        """Analyze a batch with the union of what its requests ask, then give each its own part."""
+    def run_batch(self, units: list[Unit]) -> list[UnitResult | None]:
+        """One batch call (:meth:`FaceWork.run`): each request's unit, computed together."""
         t = time.perf_counter()
-        images = [np.asarray(im) for im, _ in items]
-        opts = [o for _, o in items]
-        mf = None if any(o.max_faces is None for o in opts) else max(o.max_faces for o in opts)
-        results = self.fa.analyze(images, max_faces=mf, faces=self.fa.detect(images),
-                                  keypoints=any(o.keypoints for o in opts),
-                                  attributes=any(o.attributes for o in opts),
-                                  identity=any(o.identity for o in opts),
-                                  embedding=any(o.embedding for o in opts))
-        out = [shape_faces(r, o) for r, o in zip(results, opts)]
-        n = len(items)
-        self.batch_sizes[n] += 1
-        self.images += n
-        self.faces += sum(len(r) for r in results)
+        self.running_units = len(units)
+        try:
+            out = self.work.run(units)
+        finally:
+            self.running_units = 0
+        self.batch_sizes[len(units)] += 1
         self.busy_s += time.perf_counter() - t
         if sum(self.batch_sizes.values()) % 200 == 0:
             log.info("FaceModel %s batch sizes so far: %s", self.replica, dict(sorted(self.batch_sizes.items())))
@@ -115,8 +152,15 @@ class _HandleModels:
     def __init__(self, handle) -> None:
         self.h = handle
 
-    async def analyze(self, image, opts):
-        return await self.h.analyze.remote(image, opts)
+    async def analyze(self, image, opts, timeout_s=None):
+        resp = self.h.analyze.remote(image, opts, timeout_s)
+        try:
+            return await resp
+        except asyncio.CancelledError:
+            # the ingress's deadline (504) or the client went away: cancel the model's task too, so
+            # that the replica stops between units (Serve does not cancel an assigned child request)
+            resp.cancel()
+            raise
 
     async def describe(self):
         return await self.h.describe.remote()

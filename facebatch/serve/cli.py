@@ -2,7 +2,7 @@
 
     facebatch serve [--host 127.0.0.1] [--port 8000] [--keypoints keypoints68] [--attributes attributes]
                     [--identity identity] [--gallery G] [--head NAME] [--replicas N | --autoscale MIN:MAX]
-                    [--max-batch-size 16]
+                    [--max-batch-size 16] [--max-faces 64] [--face-chunk 8]
                     [--max-body-mb 20] [--token T] [--insecure] [--address ADDR]
 
 Starts the app on an embedded local Ray (127.0.0.1), or on the cluster at --address /
@@ -60,6 +60,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--batch-wait-ms", type=float, default=d.batch_wait_timeout_s * 1000,
                    help="how long a partial batch waits for more requests")
     lim = p.add_argument_group("limits")
+    lim.add_argument("--max-faces", type=int, default=d.max_faces,
+                     help="faces analysed per image at most, the largest first (a request's max_faces is capped "
+                          "by it; the answer says faces_truncated and faces_found)")
+    lim.add_argument("--face-chunk", type=int, default=d.face_chunk,
+                     help="faces of one request analysed per batch call (more go to later calls, between "
+                          "other requests' work)")
     lim.add_argument("--max-body-mb", type=float, default=d.max_body_mb, help="larger bodies get 413")
     lim.add_argument("--max-pixels", type=int, default=d.max_pixels, help="larger images get 422 too_large")
     lim.add_argument("--request-timeout-s", type=float, default=d.request_timeout_s, help="deadline per request (504)")
@@ -77,7 +83,8 @@ def options_from_args(args: argparse.Namespace, token: str | None) -> ServeOptio
                               identity_threshold=args.identity_threshold, detector=detector_config_from_args(args))
     return ServeOptions(analyzer=analyzer, replicas=args.replicas, autoscale=args.autoscale,
                         replica_cpus=args.replica_cpus, torch_threads=args.torch_threads, max_batch_size=args.max_batch_size,
-                        batch_wait_timeout_s=args.batch_wait_ms / 1000.0, max_body_mb=args.max_body_mb,
+                        batch_wait_timeout_s=args.batch_wait_ms / 1000.0, max_faces=args.max_faces,
+                        face_chunk=args.face_chunk, max_body_mb=args.max_body_mb,
                         max_pixels=args.max_pixels, request_timeout_s=args.request_timeout_s,
                         max_queued_requests=args.max_queued_requests, token=token,
                         insecure=args.insecure).validate()

@@ -39,8 +39,13 @@ class ServeOptions:
         replica_cpus: CPUs reserved per model replica; torch_threads: intra-op threads (0: as many
         as replica_cpus, at least 1). ingress_replicas / ingress_cpus: the HTTP deployment.
     Batching:
-        max_batch_size: images per ``@serve.batch`` call; batch_wait_timeout_s: how long a partial
-        batch waits for more.
+        max_batch_size: units (a request's image, or a further chunk of its faces) per
+        ``@serve.batch`` call; batch_wait_timeout_s: how long a partial batch waits for more.
+    Cost per request (:mod:`.work`):
+        max_faces: faces analysed per image at most, the largest first (default and cap of the
+        request's ``max_faces``; the answer says ``faces_truncated`` and ``faces_found``).
+        face_chunk: faces of one request analysed per batch call; a request's further faces go to
+        later calls, between other requests' work.
     Limits:
         max_body_mb (413 above), max_pixels (422 ``too_large`` above), request_timeout_s (504 after),
         max_queued_requests (503 + Retry-After once that many wait for a model replica), retry_after_s.
@@ -59,6 +64,8 @@ class ServeOptions:
     decode_threads: int = 2
     max_batch_size: int = 16
     batch_wait_timeout_s: float = 0.01
+    max_faces: int = 64
+    face_chunk: int = 8
     max_body_mb: float = 20.0
     max_pixels: int = DEFAULT_MAX_PIXELS
     request_timeout_s: float = 30.0
@@ -101,6 +108,8 @@ class ServeOptions:
         self.analyzer.validate()
         if self.max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {self.max_batch_size}")
+        if self.max_faces < 1 or self.face_chunk < 1:
+            raise ValueError(f"max_faces and face_chunk must be at least 1, got {self.max_faces}, {self.face_chunk}")
         if self.replicas < 1 or self.ingress_replicas < 1:
             raise ValueError("replicas and ingress_replicas must be at least 1")
         if self.autoscale is not None:
