@@ -215,7 +215,7 @@ def test_preprocess_exits_75_on_transient_read_errors_then_0_with_resume(ray_ses
 
 
 def test_annotate_part_write_outage_stops_75_then_rerun_equals_uninterrupted(ray_session, s3_server, udacity_subset,
-                                                                            tmp_path):
+                                                                            tmp_path, monkeypatch):
     """The storage-outage drill at small scale (bench/drills.py annotate-write-outage has the figures):
     S3 goes down at the PUT of a part, longer than --retry-seconds; the run stops with the rerun hint
     (a retryable JobFailed: exit 75) and commits nothing; the same command then leaves the same live
@@ -228,7 +228,14 @@ def test_annotate_part_write_outage_stops_75_then_rerun_equals_uninterrupted(ray
     from facebatch.annotate.pipeline import run_annotate
     from facebatch.annotations import read_latest
     from facebatch.inference.config import AnalyzerConfig
+    from facebatch.annotate import pipeline
     from facebatch.storage import storage_options
+
+    def one_attempt(endpoint=None):  # botocore's own retries (3, with backoff) would outlast the short outage
+        opts = storage_options(endpoint)
+        opts["config_kwargs"] = {"retries": {"max_attempts": 1, "mode": "standard"}}
+        return opts
+    monkeypatch.setattr(pipeline, "storage_options", one_attempt)
     inp = tmp_path / "in"
     inp.mkdir()
     for f in sorted((udacity_subset / "training").iterdir())[:6]:

@@ -63,7 +63,7 @@ def faces(celeba_root, udacity_root) -> pa.Table:
     return pa.Table.from_pylist(rows)
 
 
-def write_run(dst: Path | str, rows: pa.Table, run_id: str, deleted=(), fs=None) -> None:
+def write_run(dst: Path | str, rows: pa.Table, run_id: str, deleted=(), fs=None, embedding: bool = True) -> None:
     """An annotate run folder (parts, _deleted.parquet, _SUCCESS) holding these face rows."""
     import fsspec
     fs = fs or fsspec.filesystem("file")
@@ -76,6 +76,8 @@ def write_run(dst: Path | str, rows: pa.Table, run_id: str, deleted=(), fs=None)
                     "keypoints68": rows["keypoints68"].cast(pa.list_(pa.float32())),
                     "embedding": rows["embedding"].cast(pa.list_(pa.float32())), "crop": rows["crop"],
                     "run_id": pa.array([run_id] * n)})
+    if not embedding:  # a run made without --embeddings
+        out = out.drop_columns(["embedding"])
     with fs.open(f"{d}/part-00000.parquet", "wb") as f:
         pq.write_table(out, f)
     if deleted:
@@ -324,3 +326,10 @@ def test_recluster_keeps_ids_and_names(faces, two_nights):
     people = load_state(str(dst)).people
     for r in named:
         assert people.filter(pc.equal(people["person_id"], r["person_id"]))["name"].to_pylist() == [r["name"]]
+
+
+def test_runs_without_embeddings_are_gated_not_fatal(faces, tmp_path):
+    write_run(tmp_path, faces.slice(0, 6), run_id(1), embedding=False)
+    write_run(tmp_path, faces.slice(6, 6), run_id(2))  # (offset, length)
+    s = run_people(str(tmp_path), threshold=threshold())
+    assert s["faces"] == 12 and s["gate_reasons"]["no_embedding"] == 6 and s["persons"] >= 1

@@ -9,9 +9,9 @@ Why numpy and not a library index: the graph is a *threshold* graph over exact i
 flat faiss index computes the same ``float32`` GEMM through BLAS, but its query/index interface
 cannot use the symmetry of a collection against itself (``X @ X.T``: only the blocks on and above
 the diagonal are computed here, half the work), and an approximate index (IVF, HNSW) trades recall
-for a speed the benchmark does not need (``bench/people_bench.py``: 100k faces in a few seconds on
-2 cores). Memory: one ``block x block`` float32 tile at a time (64 MB at the default 4096) plus the
-kept edges, at most ``2 k`` per face.
+for a speed the target does not need (``bench/people_bench.py``: a first night of 100k faces in
+about 33 s on 2 cores, a 1% night in about 2 s; docs/BENCHMARKS.md). Memory: one ``block x block``
+float32 tile at a time (64 MB at the default 4096) plus the kept edges, at most ``2 k`` per face.
 
 ``row_blocks`` cuts the work into independent row blocks, which :mod:`.parallel` maps over Ray tasks
 for big collections; :func:`block_edges` is what one task runs.

@@ -1,10 +1,10 @@
 """The live faces of an annotate output, as the people stage needs them.
 
 :func:`read_live_faces` is :func:`facebatch.annotations.read_latest` (latest successful run per
-path, deleted paths dropped) restricted to faces (``status == ok``, ``face_index >= 0``), with
-the columns the stage uses. ``embedding`` exists only in runs made with ``--embeddings``: when
-some run folders lack it, their faces get a null embedding (gated ``no_embedding``) instead of
-failing the read. :func:`read_column_for` reads one heavy column (``crop``, ``embedding``) for a
+path, deleted paths dropped, embeddings of a superseded identity model nulled) restricted to faces
+(``status == ok``, ``face_index >= 0``), with the columns the stage uses. ``embedding`` exists only
+in runs made with ``--embeddings``: faces of other runs get a null embedding (gated
+``no_embedding``). :func:`read_column_for` reads one heavy column (``crop``, ``embedding``) for a
 few faces only, from the run folders that hold them.
 """
 from __future__ import annotations
@@ -34,24 +34,27 @@ def _columns_of(fs, part: str) -> set[str]:
 
 
 def read_live_faces(dst: str, options: dict | None = None) -> pa.Table:
-    """Live faces: ``path, face_index, run_id`` + :data:`COLUMNS` present in every run + ``embedding``
-    (null where a run has none), sorted by path and face index."""
+    """Live faces: ``path, face_index, run_id, identity_model`` + :data:`COLUMNS` + ``embedding``,
+    sorted by path and face index. A column that some runs lack (``embedding`` without
+    ``--embeddings``) is null in their rows; ``read_latest`` also nulls the embeddings of an
+    identity model that is not the current one, so two models' embeddings are never compared."""
     options = storage_options() if options is None else options
-    fs, _ = filesystem(dst, options)
-    parts = _parts(dst, options)
-    names = [_columns_of(fs, p) for _, ps in parts for p in ps]
-    everywhere = set.intersection(*names) if names else set()
-    wanted = [c for c in COLUMNS if c in everywhere]
-    with_emb = "embedding" in everywhere
-    t = read_latest(dst, columns=wanted + (["embedding"] if with_emb else []), options=options)
+    t = read_latest(dst, columns=[*COLUMNS, "embedding"], options=options)
     if "face_index" not in t.column_names:  # nothing annotated yet
         return t
     t = t.filter(pc.and_(pc.equal(t["status"], "ok"), pc.greater_equal(t["face_index"], 0)))
-    if not with_emb:
-        emb = read_column_for(dst, t.select(KEYS), "embedding", options) if any("embedding" in n for n in names) \
-            else pa.nulls(t.num_rows, pa.list_(pa.float32()))
-        t = t.append_column("embedding", emb)
+    for name, typ in (("embedding", pa.list_(pa.float32())), ("identity_model", pa.string())):
+        if name not in t.column_names:
+            t = t.append_column(name, pa.nulls(t.num_rows, typ))
     return t
+
+
+def current_model(t: pa.Table) -> str | None:
+    """The identity model fingerprint of the faces that have an embedding (None if unrecorded)."""
+    if "identity_model" not in t.column_names or t.num_rows == 0:
+        return None
+    m = pc.drop_null(t["identity_model"].filter(pc.is_valid(t["embedding"])))
+    return pc.mode(m)[0]["mode"].as_py() if len(m) else None
 
 
 def model_metadata(dst: str, options: dict | None = None) -> dict:

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..storage import storage_options
-from .live import KEYS, embeddings, model_metadata, points, read_column_for, read_live_faces
+from .live import KEYS, current_model, embeddings, model_metadata, points, read_column_for, read_live_faces
 from .graph import DEFAULT_BLOCK
 from .night import NO_PERSON, Params, carry_ids, run_night, sums_by_person
 from .parallel import mapper as ray_mapper
@@ -118,7 +118,7 @@ def run_people(dst: str, options: dict | None = None, threshold: float | None = 
         raise FileNotFoundError(f"no finished annotate run in {dst!r}: run `facebatch annotate --embeddings` first")
     model_meta = model_metadata(dst, options)
     thr = resolve_threshold(threshold, model_meta)
-    model = _model_key(model_meta) or state.meta.get("embedding_model")
+    model = current_model(faces) or _model_key(model_meta) or state.meta.get("embedding_model")
     if state.meta.get("embedding_model") not in (None, model):
         log(f"[people] the embedding model changed ({state.meta['embedding_model'][:12]} -> {str(model)[:12]}): "
             "re-clustering every face, keeping ids and names by overlap")
