@@ -37,6 +37,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--attributes", default=a.attributes, help="attribute model: shipped name, file, or none")
     m.add_argument("--gallery", default=None, help="an `enroll` gallery (same identity model): fills identity and "
                                                     "identity_similarity")
+    m.add_argument("--people", action="store_true",
+                   help="after the run, group the faces of the whole collection into persons in DST/_people/ "
+                        "(ids stable night after night; implies --embeddings; see `facebatch people`)")
+    m.add_argument("--min-faces", type=int, default=d.min_faces,
+                   help="with --people: the smallest group of faces that becomes a person")
     m.add_argument("--embeddings", action="store_true",
                    help="store each face's identity embedding (128 numbers from the identity model; biometric data; "
                         "off by default)")
@@ -77,12 +82,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> AnnotateConfig:
-    wants_identity = bool(args.gallery or args.embeddings)  # identity processing only when an output needs it
+    wants_identity = bool(args.gallery or args.embeddings or args.people)  # only when an output needs it
     analyzer = AnalyzerConfig(keypoints=args.keypoints, attributes=args.attributes, gallery=args.gallery,
                               identity=args.identity if wants_identity else None, heads=tuple(args.head),
                               detector=detector_config_from_args(args))
     return AnnotateConfig(
         input=args.input, output=args.output, analyzer=analyzer, embeddings=args.embeddings, crops=args.crops,
+        people=args.people, min_faces=args.min_faces,
         all_faces=args.all_faces, decode=args.decode,
         workers=args.workers, cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
         shard_size=args.shard_size, max_pixels=args.max_pixels, max_failure_rate=args.max_failure_rate,

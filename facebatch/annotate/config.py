@@ -20,6 +20,9 @@ class AnnotateConfig:
         analyzer: the models (keypoints, attributes: shipped name, model file, or ``none``), the
             ``enroll`` gallery for identities (``None``: identity columns null), the detector
             options (as ``preprocess``) and the device; each actor builds its analyzer from it.
+        people: after the run, group the live faces into persons in ``DST/_people/`` (the people
+            stage, :func:`facebatch.people.run_people`; implies ``embeddings``).
+        min_faces: with ``people``, the smallest group of faces that becomes a person.
         embeddings: store the identity embedding (128-d from the identity model, which then runs;
             biometric data: off by default).
         crops: store the 256 px JPEG crop of each face.
@@ -44,6 +47,8 @@ class AnnotateConfig:
     output: str
     analyzer: AnalyzerConfig = field(default_factory=AnalyzerConfig)
     embeddings: bool = False
+    people: bool = False
+    min_faces: int = 2
     crops: bool = False
     all_faces: bool = True
     decode: str = "draft"
@@ -64,6 +69,10 @@ class AnnotateConfig:
     def validate(self) -> "AnnotateConfig":
         if self.gpus_per_worker > 0 and self.analyzer.device == "cpu":
             self.analyzer.device = "cuda"
+        if self.people:
+            self.embeddings = True  # the people stage clusters the stored embeddings
+        if self.min_faces < 1:
+            raise ValueError(f"--min-faces must be at least 1, got {self.min_faces}")
         if self.embeddings and self.analyzer.identity is None:
             self.analyzer.identity = "identity"  # embeddings come from the identity model
         self.analyzer.validate()

@@ -483,7 +483,31 @@ def _finish(run: _Run) -> dict:
     if run.identity_changed:
         summary["people_rebuilt"] = on_identity_model_changed(
             run.cfg.output, run.options, run.run_id, run.identity_changed["from"], run.identity_changed["to"])
+    if run.cfg.people:
+        _people_stage(run, summary, rebuilt=bool(summary.get("people_rebuilt")))
     return summary
+
+
+def _people_stage(run: _Run, summary: dict, rebuilt: bool) -> None:
+    """``--people``: group the live faces into persons (still holding the lock), add the counts to
+    the summary (``_summary.json`` is written again) and, with ``--report``, the people section to
+    the run's report. The run is committed before: a failure here is reported, and ``facebatch
+    people --annotations DST`` does the same later."""
+    from ..people import run_people
+    try:
+        people = summary["people_rebuilt"] if rebuilt else run_people(
+            run.cfg.output, run.options, min_faces=run.cfg.min_faces, run_id=run.run_id, log=_print)
+    except Exception as exc:
+        _print(f"[facebatch] the people stage failed: {type(exc).__name__}: {exc}; the run is committed; "
+               f"run `facebatch people --annotations {run.cfg.output}` to retry it")
+        people = {"error": f"{type(exc).__name__}: {exc}"}
+    summary["people"] = people
+    fs, _ = filesystem(run.cfg.output, run.options)
+    with fs.open(join(run.folder, ST.SUMMARY), "w") as f:
+        json.dump(summary, f, indent=2, default=str)
+    if run.cfg.report and "error" not in people:
+        from .report import add_people_section
+        add_people_section(run.cfg.output, run.folder, run.options)
 
 
 def _identity_change(manifest, models: dict) -> dict | None:

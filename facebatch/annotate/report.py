@@ -127,3 +127,55 @@ def write_report(dst: str, folder: str, summary: dict, options: dict) -> str:
     with fs.open(path, "w") as f:
         f.write(doc)
     return path
+
+
+def _photo_tile(path: str, box, options: dict, cache: dict, side: int = 72) -> Image.Image | None:
+    """The face at ``box`` (original pixels), grown by 20% a side, as a ``side`` px tile."""
+    from ..imaging import decode_scaled
+    if path not in cache:
+        try:
+            fs, p = filesystem(path, options)
+            with fs.open(p, "rb") as f:
+                cache[path] = decode_scaled(f.read(), max_side=None).image
+        except Exception:
+            cache[path] = None
+    img = cache[path]
+    if img is None or box is None:
+        return None
+    x1, y1, x2, y2 = (float(v) for v in box)
+    g = 0.2 * max(x2 - x1, y2 - y1)
+    return Image.fromarray(img).crop((int(x1 - g), int(y1 - g), int(x2 + g), int(y2 + g))).resize((side, side))
+
+
+def add_people_section(dst: str, folder: str, options: dict, top: int = 20, per_person: int = 8) -> str:
+    """Add the people section to ``folder/report.html`` after the people stage ran: counts of
+    persons, singletons and gated faces (by reason), and the ``top`` biggest persons, each a strip
+    of its ``per_person`` faces most like its centre. Returns the report's path."""
+    from ..people.report import people_section
+    sec = people_section(dst, options, top=top, per_person=per_person)
+    c = sec["counts"]
+    parts = ["<h2>People</h2>",
+             f"<p>{c.get('persons', 0)} persons ({c.get('named', 0)} named), {c.get('singletons', 0)} singletons, "
+             f"{c.get('gated', 0)} gated faces of {c.get('faces', 0)}"
+             + (f" ({', '.join(f'{html.escape(str(k))}: {v}' for k, v in (c.get('gated_by_reason') or {}).items())})"
+                if c.get("gated") else "") + "</p>", "<table>"]
+    cache: dict = {}
+    for p in sec["people"]:
+        tiles = [t for t in (_photo_tile(f["path"], f.get("box"), options, cache) for f in p["faces"]) if t is not None]
+        strip = Image.new("RGB", (max(1, len(tiles)) * 72, 72), "white")
+        for k, t in enumerate(tiles):
+            strip.paste(t, (k * 72, 0))
+        buf = io.BytesIO()
+        strip.save(buf, format="PNG")
+        name = html.escape(str(p.get("name") or f"person {p['person_id']}"))
+        parts.append(f"<tr><td>{name}<br>{p['n_faces']} faces, {p['n_photos']} photos</td><td><img alt='{name}' "
+                     f"src='data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}'></td></tr>")
+    parts.append("</table>")
+    fs, _ = filesystem(dst, options)
+    path = join(folder, "report.html")
+    with fs.open(path, "r") as f:
+        doc = f.read()
+    doc = doc.replace("</body>", "\n".join(parts) + "</body>", 1)
+    with fs.open(path, "w") as f:
+        f.write(doc)
+    return path

@@ -54,7 +54,10 @@ def current_model(t: pa.Table) -> str | None:
     if "identity_model" not in t.column_names or t.num_rows == 0:
         return None
     m = pc.drop_null(t["identity_model"].filter(pc.is_valid(t["embedding"])))
-    return pc.mode(m)[0]["mode"].as_py() if len(m) else None
+    if not len(m):
+        return None
+    counts = pc.value_counts(m)  # the most common one (pc.mode has no string kernel)
+    return counts[int(pc.index(counts.field("counts"), pc.max(counts.field("counts"))).as_py())]["values"].as_py()
 
 
 def model_metadata(dst: str, options: dict | None = None) -> dict:
