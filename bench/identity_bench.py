@@ -111,12 +111,12 @@ def doc_block(r: dict, note: str) -> list[str]:
         a = r["annotate"]
         base = [x["wall_s"] for x in a["default"]]
         emb = [x["wall_s"] for x in a["embeddings"]]
+        runs = {k: ", ".join("%s (%s)" % (x["wall_s"], x["load_before"][0]) for x in a[k])
+                for k in ("default", "embeddings")}
         lines += ["", f"| udacity68 annotate ({a['images']} images), wall of the whole command | median | runs (load before) "
                   "| target |", "|---|---|---|---|",
-                  f"| default (no identity) | {statistics.median(base)} s | "
-                  f"{', '.join(f'{x['wall_s']} ({x['load_before'][0]})' for x in a['default'])} | as today |",
-                  f"| `--embeddings` (identity model) | {statistics.median(emb)} s | "
-                  f"{', '.join(f'{x['wall_s']} ({x['load_before'][0]})' for x in a['embeddings'])} | <= 60 s |",
+                  f"| default (no identity) | {statistics.median(base)} s | {runs['default']} | as today |",
+                  f"| `--embeddings` (identity model) | {statistics.median(emb)} s | {runs['embeddings']} | <= 60 s |",
                   f"| ratio | {statistics.median(emb) / statistics.median(base):.2f}x | | |"]
     return lines
 
