@@ -202,7 +202,7 @@ def test_gallery_identity_and_enroll_in_process(celeba_root, mobilenet_weights, 
     from facebatch.inference import FaceAnalyzer
     from facebatch.modelio import read_model_file, resolve_model_path
     known = set(read_model_file(resolve_model_path("attributes"))["meta"]["identities"])  # the identity model was fitted on these
-    people = sorted(p.name for p in (celeba_root / "train_dataset").iterdir() if p.name not in known)[:4]  # none of them fitted on
+    people = sorted(p.name for p in (celeba_root / "train_dataset").iterdir() if p.is_dir() and p.name not in known)[:4]  # none fitted on
     root = tmp_path / "people"
     for p in people:
         (root / p).mkdir(parents=True)
