@@ -370,9 +370,13 @@ def run_annotate(cfg: AnnotateConfig, address: str | None = None,
     check_writable(cfg.output, options)
     run = _Run(cfg, options, listing, skipped, t_start, timing, marks)
     run_id = ST.new_run_id()
-    with RunLock(cfg.output, options, run_id, cfg.lock_ttl_s):
+    with RunLock(cfg.output, options, run_id, cfg.lock_ttl_s) as lock:
         _start(run, run_id, (sink or _default_sink(cfg, options))(run_id))
         _process(run, address)
+        if lock.lost:  # another run took the lock over while this one could not renew it: do not commit
+            raise JobFailed(f"the output lock on {cfg.output} was taken over by another run while this one could "
+                            "not renew it (storage outage longer than --lock-ttl?); nothing was committed: rerun "
+                            "the same command", retryable=True)
         return _finish(run)
 
 
