@@ -138,3 +138,20 @@ def udacity_subset(tmp_path_factory, udacity_root) -> Path:
     """24 real udacity68 images spread over all people, in the Udacity layout."""
     return udacity_layout(tmp_path_factory.mktemp("udacity_subset"), udacity_root,
                           lambda body: body[::len(body) // 24][:24])
+
+
+def assert_close(a, b, path=""):
+    """Deep equality of JSON-like answers; floats within 1e-3 (boxes within 1e-3 px)."""
+    import math
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), (path, sorted(a), sorted(b))
+        for k in a:
+            assert_close(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), (path, len(a), len(b))
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_close(x, y, f"{path}[{i}]")
+    elif isinstance(a, float):
+        assert isinstance(b, (float, int)) and math.isclose(a, b, abs_tol=1e-3), (path, a, b)
+    else:
+        assert a == b, (path, a, b)

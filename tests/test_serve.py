@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import math
 import os
 import signal
 import subprocess
@@ -19,6 +18,7 @@ import numpy as np
 import pytest
 
 import badimages
+from conftest import assert_close
 
 PORT = 18431
 CLI_PORT = 18433
@@ -85,22 +85,6 @@ def post(path="/v1/annotate", data=b"", headers=None, params=None, **kw):
     return requests.post(URL + path, data=data, headers={**AUTH, **(headers or {})}, params=params, timeout=120, **kw)
 
 
-def _close(a, b, path=""):
-    """Same answer: keys and labels equal, floats within 1e-3 (boxes within 1e-3 px)."""
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), (path, sorted(a), sorted(b))
-        for k in a:
-            _close(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, list):
-        assert isinstance(b, list) and len(a) == len(b), (path, len(a), b)
-        for i, (x, y) in enumerate(zip(a, b)):
-            _close(x, y, f"{path}[{i}]")
-    elif isinstance(a, float):
-        assert isinstance(b, (float, int)) and math.isclose(a, b, abs_tol=1e-3), (path, a, b)
-    else:
-        assert a == b, (path, a, b)
-
-
 # ------------------------------------------------------------------------------------ answers
 def test_health_models_and_stats(server):
     r = requests.get(URL + "/v1/health", timeout=30)  # no token needed
@@ -129,7 +113,7 @@ def test_same_answers_as_face_analyzer(server, analyzer, photo_files):
         want = [f.to_dict(embedding=False) for f in analyzer.analyze([img.image])[0]]
         assert (body["status"], body["width"], body["height"]) == ("ok", img.width, img.height)
         assert want, f"no face in {p}"
-        _close(body["faces"], want, p.name)
+        assert_close(body["faces"], want, p.name)
         assert all("embedding" not in f for f in body["faces"])  # only when asked
         identified += any(f["identity"] in PEOPLE for f in body["faces"])
     assert identified >= 2  # the gallery's people are named
@@ -140,7 +124,7 @@ def test_options_embedding_multipart_and_no_face(server, analyzer, photo_files, 
     data = photo_files[12].read_bytes()
     r = post(data=data, params={"embedding": 1, "keypoints": 0, "max_faces": 1})
     want = analyzer.analyze([decode_image(data).image], max_faces=1, keypoints=False, embedding=True)[0]
-    _close(r.json()["faces"], [f.to_dict(embedding=True) for f in want])
+    assert_close(r.json()["faces"], [f.to_dict(embedding=True) for f in want])
     assert len(r.json()["faces"][0]["embedding"]) == 128 and r.json()["faces"][0]["keypoints68"] is None  # identity model
     form = requests.post(URL + "/v1/annotate", files={"file": ("x.jpg", data, "image/jpeg")}, headers=AUTH, timeout=60)
     raw = post(data=data)
@@ -224,7 +208,7 @@ def test_concurrent_clients_get_the_sequential_answers_in_real_batches(server, p
         rs = list(pool.map(client, range(64)))
     assert [r.status_code for _, r in rs] == [200] * 64
     for i, r in rs:
-        _close(r.json(), sequential[i], files[i].name)
+        assert_close(r.json(), sequential[i], files[i].name)
     after = requests.get(URL + "/v1/stats", headers=AUTH, timeout=30).json()["model"]["batch_sizes"]
     new = {int(k): v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0) > 0}
     assert sum(k * v for k, v in new.items()) == 64, new

@@ -21,6 +21,7 @@ from facebatch.serve.api import AnnotateAPI, AnnotateOptions
 from facebatch.serve.options import ServeOptions
 from facebatch.serve.work import FaceWork, Unit
 from test_serve_unit import FakeModels, call  # the fake model and the ASGI driver of the route tests
+from conftest import assert_close
 
 PORT = 18435
 URL = f"http://127.0.0.1:{PORT}"
@@ -50,22 +51,6 @@ def jpeg(rgb: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="JPEG", quality=90)
     return buf.getvalue()
-
-
-def _close(a, b, path=""):
-    """Deep equality; floats within 1e-3."""
-    if isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), (path, sorted(a), sorted(b))
-        for k in a:
-            _close(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, list):
-        assert isinstance(b, list) and len(a) == len(b), (path, len(a), len(b))
-        for i, (x, y) in enumerate(zip(a, b)):
-            _close(x, y, f"{path}[{i}]")
-    elif isinstance(a, float):
-        assert isinstance(b, (float, int)) and math.isclose(a, b, abs_tol=1e-3), (path, a, b)
-    else:
-        assert a == b, (path, a, b)
 
 
 # ------------------------------------------------------------------------------- without Ray
@@ -115,15 +100,15 @@ def test_chunked_answers_equal_face_analyzer(analyzer, small_grid, one_face):
     (bf, found, units), (sf, sfound, sunits) = _run_requests(work, [(small_grid, big), (one_face, small)])
     assert found >= 30 and units == 3 and (sfound, sunits) == (1, 1)
     want = [f.to_dict(embedding=False) for f in analyzer.analyze([small_grid], max_faces=20)[0]]
-    _close(bf, want)
-    _close(sf, [f.to_dict(embedding=True) for f in analyzer.analyze([one_face], keypoints=False)[0]])
+    assert_close(bf, want)
+    assert_close(sf, [f.to_dict(embedding=True) for f in analyzer.analyze([one_face], keypoints=False)[0]])
     c = work.counters
     assert (c["detect_units"], c["chunk_units"], c["truncated_requests"], c["faces"]) == (2, 2, 1, 21)
     # the request's own max_faces under the server's cap, and 0
     work2 = FaceWork(analyzer, face_chunk=8, max_faces=20)
     [(f5, n5, u5), (f0, n0, u0)] = _run_requests(work2, [(small_grid, AnnotateOptions(max_faces=5)),
                                                          (small_grid, AnnotateOptions(max_faces=0))])
-    _close(f5, want[:5])
+    assert_close(f5, want[:5])
     assert (n5, u5, f0, n0) == (found, 1, [], found)
 
 

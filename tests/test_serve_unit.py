@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 
 import numpy as np
 import pytest
 
 from facebatch.serve.api import AnnotateAPI, AnnotateOptions, shape_faces
 from facebatch.serve.options import ServeOptions, is_loopback
+from conftest import assert_close
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -92,22 +92,6 @@ def photos(udacity_root, celeba_root):
     return [decode_image(p.read_bytes()).image for p in files]
 
 
-def _close(a, b, path=""):
-    """Deep equality; floats within 1e-3 (boxes are required within 1e-3 px)."""
-    if isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), (path, sorted(a), sorted(b))
-        for k in a:
-            _close(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, list):
-        assert isinstance(b, list) and len(a) == len(b), (path, a, b)
-        for i, (x, y) in enumerate(zip(a, b)):
-            _close(x, y, f"{path}[{i}]")
-    elif isinstance(a, float) and not isinstance(a, bool):
-        assert isinstance(b, float) and math.isclose(a, b, abs_tol=1e-3), (path, a, b)
-    else:
-        assert a == b, (path, a, b)
-
-
 @pytest.mark.parametrize("opts", [AnnotateOptions(), AnnotateOptions(embedding=True, max_faces=1),
                                   AnnotateOptions(keypoints=False, attributes=False),
                                   AnnotateOptions(identity=False, embedding=True, attributes=False),
@@ -119,7 +103,7 @@ def test_shaping_equals_analyzer_with_the_same_options(analyzer, photos, opts):
     want = analyzer.analyze(photos[:3], max_faces=opts.max_faces, keypoints=opts.keypoints,
                             attributes=opts.attributes, identity=opts.identity, embedding=opts.embedding)
     for f, w in zip(full, want):
-        _close(shape_faces(f, opts), [x.to_dict(embedding=opts.embedding) for x in w])
+        assert_close(shape_faces(f, opts), [x.to_dict(embedding=opts.embedding) for x in w])
 
 
 def test_batch_detection_equals_detection_alone(analyzer, photos):
