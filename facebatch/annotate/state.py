@@ -364,6 +364,9 @@ def load_erased(dst: str, options: dict) -> pa.Table:
 def run_folders(dst: str, options: dict) -> list[tuple[str, str, bool]]:
     """``(run_id, folder, has _SUCCESS)`` of every run folder, sorted by run id."""
     fs, root = filesystem(dst, options)
+    # run folders and their _SUCCESS are written by other processes (and other fsspec instances):
+    # a listing cached by this instance (s3fs keeps them without expiry) would hide a newer run
+    fs.invalidate_cache()
     out = []
     for d in fs.glob(join(root, "dt=*", "run=*")):
         rid = d.rstrip("/").rsplit("run=", 1)[1]
