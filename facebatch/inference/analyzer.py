@@ -97,12 +97,15 @@ class FaceAnalyzer:
         self.heads: list[AnalyzerHead] = [h for h in (keypoints, attributes) if h is not None] + list(heads)
         if attributes is not None and any(_has_embedding(h) for h in heads):
             attributes.embedding_output = False  # a dedicated identity model gives the embedding
+        self._declared = {h: h.declares() for h in self.heads}  # each head's outputs, asked once
+        # column -> (the head that gives it, the output it belongs to)
+        self._giver = {c: (h, o.name) for h, outs in self._declared.items() for o in outs for c, _ in o.columns()}
         for h in self.heads:
             for col in getattr(h, "requires", ()):
-                if not any(c == col for g in self.heads if g is not h for o in g.declares() for c, _ in o.columns()):
+                if self._giver.get(col, (h,))[0] is h:
                     raise ValueError(f"head {h.name!r} needs {col!r}, which no loaded head gives "
                                      "(load a keypoint model, or choose another alignment)")
-        declared = [o for h in self.heads for o in h.declares()]
+        declared = [o for outs in self._declared.values() for o in outs]
         if gallery is not None and self.embedding_head is None:
             raise ValueError("a gallery needs a model with an identity embedding")
         if any(o.kind == EMBEDDING for o in declared):
@@ -183,7 +186,8 @@ class FaceAnalyzer:
     @property
     def embedding_head(self) -> AnalyzerHead | None:
         """The head whose ``embedding`` the gallery matches, if any."""
-        return next((h for h in self.heads if _has_embedding(h)), None)
+        giver = self._giver.get("embedding")
+        return giver[0] if giver and giver[1] == "embedding" else None
 
     @property
     def attribute_names(self) -> list[str]:
@@ -210,7 +214,7 @@ class FaceAnalyzer:
             out["identity"] = {**emb.describe(), "embedding_dim": getattr(emb, "embedding_dim", None)}
         for h in self.heads:
             if not isinstance(h, (KeypointHead, AttributeHead)) and h is not emb:
-                out.setdefault("heads", {})[h.name] = {**h.describe(), "outputs": [o.name for o in h.declares()]}
+                out.setdefault("heads", {})[h.name] = {**h.describe(), "outputs": [o.name for o in self._declared[h]]}
         if self.gallery is not None:
             out["gallery"] = {"people": len(self.gallery), "threshold": self.identity_threshold,
                               "source": self.gallery.metadata.get("source")}
@@ -291,14 +295,14 @@ class FaceAnalyzer:
     def _plan(self, kinds: set[str], decide: bool) -> list[tuple[AnalyzerHead, set[str]]]:
         """Heads to run, in order, with the outputs each must give: those of the kinds asked for,
         the embedding a gallery decision needs, and what a running head ``requires`` of another."""
-        wanted = {h: {o.name for o in h.declares() if o.kind in kinds} for h in self.heads}
+        wanted = {h: {o.name for o in outs if o.kind in kinds} for h, outs in self._declared.items()}
         if decide:
             wanted[self.embedding_head].add("embedding")
         for h in reversed(self.heads):  # a head needs only heads before it
             if wanted[h]:
                 for col in getattr(h, "requires", ()):
-                    producer = next(g for g in self.heads for o in g.declares() if col in dict(o.columns()))
-                    wanted[producer].add(next(o.name for o in producer.declares() if col in dict(o.columns())))
+                    producer, output = self._giver[col]
+                    wanted[producer].add(output)
         return [(h, wanted[h]) for h in self.heads if wanted[h]]
 
     def _run_head(self, head: AnalyzerHead, batch: FaceBatch, wanted: set[str]) -> None:
@@ -311,7 +315,7 @@ class FaceAnalyzer:
         t = time.perf_counter()
         vals = head.run(batch, wanted)
         self.timings[_timing_key(head)] += time.perf_counter() - t
-        keep = {c for o in head.declares() if o.name in wanted for c, _ in o.columns()}
+        keep = {c for o in self._declared[head] if o.name in wanted for c, _ in o.columns()}
         for col, v in vals.items():
             if col in keep:
                 if len(v) != len(batch):
