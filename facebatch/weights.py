@@ -105,7 +105,11 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def load_into(model: nn.Module, state: dict[str, torch.Tensor], path: str | os.PathLike, what: str) -> nn.Module:
-    """Strictly load ``state`` into ``model``; a mismatch raises :class:`WeightsError` naming the keys."""
+    """Strictly load ``state`` into ``model``; a mismatch raises :class:`WeightsError` naming the keys.
+    A model with an ``upgrade_state(state)`` method renames an older file's keys first."""
+    upgrade = getattr(model, "upgrade_state", None)
+    if callable(upgrade):
+        state = upgrade(state)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

@@ -297,3 +297,43 @@ def test_retina_backbone_starts_from_the_keypoint_model_body():
             obj["state_dict"] = {"other.weight": torch.zeros(1)}
             torch.save(obj, p)
             RetinaMobileNetBackbone(pretrained=str(p))
+
+
+def test_multitask_heads_by_attribute_name_and_older_files(tmp_path):
+    """One head per named attribute; a file from before ``attributes=`` (smile_head, eyeglasses_head)
+    loads under today's names; a fine-tune from it keeps its smile head and starts the new ones fresh."""
+    from facebatch.training.loop import init_partial
+    from facebatch.weights import load_into
+    kw = dict(backbone="resnet_small", input_size=32, resnet_widths=(8, 8, 16, 16), emb_dim=8)
+    old = create_model("multitask", **kw).eval()
+    assert list(old.attribute_heads) == ["smile", "eyeglasses"]
+    legacy = {k.replace("attribute_heads.smile.", "smile_head.").replace("attribute_heads.eyeglasses.", "eyeglasses_head."): v
+              for k, v in old.state_dict().items()}
+    assert "smile_head.weight" in legacy
+    again = load_into(create_model("multitask", **kw).eval(), legacy, "old.pt", "test")
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x)["eyeglasses"], old(x)["eyeglasses"])
+    new = create_model("multitask", attributes=["smile", "male", "wearing_hat"], **kw).eval()
+    before = new.attribute_heads["male"].weight.detach().clone()
+    fresh = init_partial(new, old.state_dict(), "old")
+    assert fresh == ["attribute_heads.male.weight", "attribute_heads.male.bias",
+                     "attribute_heads.wearing_hat.weight", "attribute_heads.wearing_hat.bias"]
+    torch.testing.assert_close(new.attribute_heads["male"].weight, before)
+    with torch.no_grad():
+        out = new(x)
+        torch.testing.assert_close(out["smile"], old(x)["smile"])
+    assert set(out) == {"smile", "male", "wearing_hat", "embedding"} and out["male"].shape == (3,)
+    with pytest.raises(ValueError, match="attribute names"):
+        create_model("multitask", attributes=["smile", "embedding"], **kw)
+
+
+def test_multitask_loss_weighs_unnamed_attributes_with_star():
+    out = {"smile": torch.tensor([2.0, -1.0]), "male": torch.tensor([0.5, 0.5]), "embedding": torch.zeros(2, 4)}
+    y = {"smile": torch.tensor([1.0, 0.0]), "male": torch.tensor([1.0, float("nan")])}
+    total, parts = MultiTaskLoss(weights={"*": 0.25})(out, y)
+    assert set(parts) == {"smile", "male"}
+    assert float(total) == pytest.approx(parts["smile"] + 0.25 * parts["male"], rel=1e-6)
+    assert parts["male"] == pytest.approx(float(F.binary_cross_entropy_with_logits(torch.tensor(0.5), torch.tensor(1.0))))
+    _, pw = MultiTaskLoss(pos_weights={"male": 3.0})(out, y)
+    assert pw["male"] == pytest.approx(3 * parts["male"], rel=1e-6)

@@ -45,7 +45,7 @@ def test_weighted_mean_of_two_models(tmp_path):
             assert torch.allclose(v, 0.25 * sa[k] + 0.75 * sb[k], atol=1e-6), k
         else:
             assert torch.equal(v, sa[k]), k
-    assert not torch.allclose(sm["smile_head.weight"], sa["smile_head.weight"])
+    assert not torch.allclose(sm["attribute_heads.smile.weight"], sa["attribute_heads.smile.weight"])
     assert info["meta"]["name"] == "seed0" and [x["weight"] for x in info["meta"]["averaged_from"]] == [0.25, 0.75]
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():

@@ -111,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
                  "command": "python tools/fit_identity_lda.py " + " ".join(argv if argv is not None else sys.argv[1:])})
     meta = {k: v for k, v in meta.items() if k not in THRESHOLD_KEYS}
     meta["identity_lda"] = info
+    if not meta.get("identities"):  # trained without the margin head: the people the projection was fitted on
+        meta["identities"] = sorted({str(r["identity"]) for r in rows})
     meta["emb_dim"] = info["dim"]
     save_model_file(out, obj["task"], obj["model"], dict(kwargs, lda_dim=info["dim"]), final.eval(), meta,
                     fp16=any(v.dtype == torch.float16 for v in obj["state_dict"].values()))

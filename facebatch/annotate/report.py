@@ -20,6 +20,8 @@ from ..storage import filesystem, join
 from . import state as ST
 
 SHEET_FACES = 48
+SHEET_LABELS = 3  # attribute labels written under a face on the contact sheet (then "+N")
+HISTOGRAMS = 6  # with more binary outputs than this, a table of rates and histograms of the first few
 TILE = 160
 
 
@@ -71,13 +73,27 @@ def _sheet(rows: list[dict], attrs: list[str], options: dict) -> str:
             pts = (np.asarray(kp, np.float32).reshape(-1, 2) - [l, t]) / side * TILE
             for px, py in pts:
                 draw.ellipse([x0 + px - 1.5, y0 + py - 1.5, x0 + px + 1.5, y0 + py + 1.5], fill=(0, 255, 0))
-        lab = " ".join(a for a in attrs if r.get(f"{a}_label"))
+        yes = [a for a in attrs if r.get(f"{a}_label")]
+        lab = " ".join(yes[:SHEET_LABELS]) + (f" +{len(yes) - SHEET_LABELS}" if len(yes) > SHEET_LABELS else "")
         ident = r.get("identity")
         draw.text((x0 + 3, y0 + TILE + 2), (lab or "-") + (f" {ident}" if ident else ""), fill="black")
         draw.text((x0 + 3, y0 + TILE + 14), f"{int(r['face_size'])}px #{r['face_index']}", fill="gray")
     buf = io.BytesIO()
     sheet.save(buf, format="PNG")
     return f"<img alt='contact sheet' src='data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}'>"
+
+
+def _rates_table(ok: pa.Table, names: list[str]) -> str:
+    """Per binary output: the share of faces labelled yes and the mean score, commonest first."""
+    rows = []
+    for n in names:
+        lab = np.asarray(ok[f"{n}_label"].to_numpy(zero_copy_only=False), float) if f"{n}_label" in ok.column_names else []
+        sc = np.asarray(ok[n].to_numpy(zero_copy_only=False), float)
+        rows.append((float(np.nanmean(lab)) if len(lab) else float("nan"), n, float(np.nanmean(sc)) if len(sc) else float("nan")))
+    body = "".join(f"<tr><td>{html.escape(n)}</td><td>{r:.1%}</td><td>{m:.3f}</td></tr>"
+                   for r, n, m in sorted(rows, key=lambda t: -np.nan_to_num(t[0], nan=-1)))
+    return ("<h3>Attributes: share of faces labelled yes</h3><table><tr><th>attribute</th><th>yes</th>"
+            f"<th>mean score</th></tr>{body}</table>")
 
 
 def _scalar_outputs(summary: dict) -> list[tuple[str, str]]:
@@ -109,7 +125,13 @@ def write_report(dst: str, folder: str, summary: dict, options: dict) -> str:
         ok = t.filter(pa.compute.equal(t["status"], "ok"))
         parts.append("<h2>Histograms</h2>")
         parts.append(_hist_svg(np.asarray(ok["face_size"].to_numpy(zero_copy_only=False), float), "face size (px)"))
-        for name, kind in _scalar_outputs(summary):
+        scalars = [(n, k) for n, k in _scalar_outputs(summary) if n in ok.column_names]
+        binary = [n for n, k in scalars if k == "binary"]
+        if len(binary) > HISTOGRAMS:  # many attributes: one table of rates, histograms for the first few
+            parts.append(_rates_table(ok, binary))
+            drop = set(binary[HISTOGRAMS:])
+            scalars = [(n, k) for n, k in scalars if n not in drop]
+        for name, kind in scalars:
             if name in ok.column_names:
                 parts.append(_hist_svg(np.asarray(ok[name].to_numpy(zero_copy_only=False), float),
                                        f"{name} score" if kind == "binary" else name,

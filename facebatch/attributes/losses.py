@@ -130,23 +130,27 @@ def pos_weight_from_counts(n_pos: int, n_neg: int, cap: float | None = None) -> 
 
 
 class MultiTaskLoss(nn.Module):
-    """Weighted sum of smile BCE, class-balanced eyeglasses BCE and identity margin CE.
+    """Weighted sum of one masked BCE per binary attribute and the identity margin CE.
 
-    Expects the :class:`~facebatch.attributes.models.MultiTaskFaceNet` output dict (it must hold
-    ``identity_logits``, i.e. the model was called with ``identity=labels``) and a targets dict
-    with ``smile``, ``eyeglasses`` (float, ``-1``/``NaN`` = missing) and ``identity`` (long,
-    ``-1`` = missing). Absent keys count as all-missing.
+    Expects the :class:`~facebatch.attributes.models.MultiTaskFaceNet` output dict (every key
+    but ``embedding`` and ``identity_logits`` is an attribute logit ``(B,)``; ``identity_logits``
+    with the training margin applied) and a targets dict with the attributes (float, ``-1``/``NaN``
+    = missing) and ``identity`` (long, ``-1`` = missing). Absent keys count as all-missing.
 
     Args:
         eyeglasses_pos_weight: BCE ``pos_weight`` for eyeglasses (``None`` = unweighted).
         smile_pos_weight: BCE ``pos_weight`` for smile.
-        weights: per-task loss weights, keys ``smile``, ``eyeglasses``, ``identity``.
+        weights: per-task loss weights by name (``smile``, ``eyeglasses``, ``identity``, any
+            attribute); ``"*"`` is the weight of every attribute not named (default 1).
+        pos_weights: BCE ``pos_weight`` of further attributes by name.
     """
 
+    NOT_ATTRIBUTES = ("embedding", "identity_logits")
+
     def __init__(self, eyeglasses_pos_weight: float | None = None, smile_pos_weight: float | None = None,
-                 weights: dict[str, float] | None = None) -> None:
+                 weights: dict[str, float] | None = None, pos_weights: dict[str, float] | None = None) -> None:
         super().__init__()
-        self.pos_weight = {"smile": smile_pos_weight, "eyeglasses": eyeglasses_pos_weight}
+        self.pos_weight = {**(pos_weights or {}), "smile": smile_pos_weight, "eyeglasses": eyeglasses_pos_weight}
         self.weights = {"smile": 1.0, "eyeglasses": 1.0, "identity": 1.0, **(weights or {})}
 
     def forward(self, outputs: dict[str, torch.Tensor],
@@ -154,15 +158,16 @@ class MultiTaskLoss(nn.Module):
         """Return ``(total, parts)`` where ``parts`` holds detached floats for logging."""
         ref = outputs["embedding"]
         parts: dict[str, torch.Tensor] = {}
-        for task in ("smile", "eyeglasses"):
+        for task in [k for k in outputs if k not in self.NOT_ATTRIBUTES]:
             t = targets.get(task)
             if t is None:
                 t = torch.full((ref.shape[0],), float("nan"), device=ref.device)
-            parts[task] = masked_bce_with_logits(outputs[task], t, self.pos_weight[task])
+            parts[task] = masked_bce_with_logits(outputs[task], t, self.pos_weight.get(task))
         if "identity_logits" in outputs:
             ids = targets.get("identity")
             if ids is None:
                 ids = torch.full((ref.shape[0],), -1, dtype=torch.long, device=ref.device)
             parts["identity"] = masked_cross_entropy(outputs["identity_logits"], ids)
-        total = sum(self.weights[k] * v for k, v in parts.items())
+        other = self.weights.get("*", 1.0)
+        total = sum(self.weights.get(k, other) * v for k, v in parts.items())
         return total, {k: float(v.detach()) for k, v in parts.items()}

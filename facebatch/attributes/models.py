@@ -10,7 +10,7 @@ model; :func:`facebatch.inference.inputs.model_input` builds the input from face
 | ``seed002_autoencoder`` | 64 px | reconstruction ``(B, 3, 64, 64)`` in ``[0, 1]``; classify with ``predict`` |
 | ``seed004_cnn`` | 160 px | eyeglasses logits ``(B, 2)`` (class 1 = eyeglasses) |
 | ``seed003_cnn`` | 224 px | identity logits ``(B, n_classes)`` |
-| ``multitask`` | 128 px by default | dict: ``smile`` ``(B,)``, ``eyeglasses`` ``(B,)`` logits, ``embedding`` ``(B, emb_dim)`` unit length, ``identity_logits`` ``(B, n_identities)`` when it has a margin head |
+| ``multitask`` | 128 px by default | dict: one logit ``(B,)`` per attribute (``smile``, ``eyeglasses`` by default; the release has 39 CelebA attributes), ``embedding`` ``(B, emb_dim)`` unit length, ``identity_logits`` ``(B, n_identities)`` when it has a margin head |
 """
 from __future__ import annotations
 
@@ -386,6 +386,25 @@ class SmallResNet(nn.Module):
 
 
 BACKBONES = ("retina_mobilenet", "resnet_small")
+#: the attribute heads of a multitask model made without ``attributes`` (and of every file from before it)
+DEFAULT_ATTRIBUTES = ("smile", "eyeglasses")
+#: output names a multitask model uses for other things
+NOT_ATTRIBUTES = ("embedding", "identity_logits")
+#: state-dict prefixes a fine-tune may find missing in its start file (new attributes and a margin
+#: head start fresh) or in the new model (the start's fitted identity projection is left behind)
+FRESH_PREFIXES = ("attribute_heads.", "margin_head.", "lda_")
+
+
+def upgrade_old_heads(state: dict) -> dict:
+    """Files from before ``attributes=`` keep ``smile_head.*`` and ``eyeglasses_head.*``: the same
+    state with them as ``attribute_heads.smile.*`` and ``attribute_heads.eyeglasses.*``."""
+    out = {}
+    for k, v in state.items():
+        head = k.split(".", 1)[0]
+        if head in (f"{a}_head" for a in DEFAULT_ATTRIBUTES):
+            k = f"attribute_heads.{head[:-len('_head')]}.{k.split('.', 1)[1]}"
+        out[k] = v
+    return out
 
 
 def _last_output(out: Any) -> torch.Tensor:
@@ -408,15 +427,15 @@ def _backbone_features(out: Any) -> torch.Tensor:
 
 @register("multitask", task="attributes", outputs=(ATTRIBUTE_LOGITS, EMBEDDING),
           example={"backbone": "resnet_small", "resnet_widths": [8, 8, 16, 16], "input_size": 64, "emb_dim": 16},
-          example_input=64, description="shared backbone; smile and eyeglasses logits, unit embedding, margin head")
+          example_input=64, description="shared backbone; one logit per attribute, unit embedding, margin head")
 class MultiTaskFaceNet(nn.Module):
-    """One shared backbone with smile, eyeglasses and identity-embedding heads.
+    """One shared backbone with one logit per binary attribute and an identity-embedding head.
 
     Input: RGB ``[0, 1]``, ``(B, 3, input_size, input_size)``. The backbone's feature map is
     global-average pooled to ``C`` features; then
 
-    * ``smile``, ``eyeglasses``: dropout + linear -> one logit each, ``(B,)`` (multi-label:
-      independent sigmoids; train with masked BCE);
+    * one entry per name in ``attributes`` (``smile``, ``eyeglasses``, ...): dropout + linear ->
+      one logit each, ``(B,)`` (multi-label: independent sigmoids; train with masked BCE);
     * ``embedding``: linear (no bias) + BatchNorm1d -> L2-normalised ``(B, emb_dim)``;
     * ``identity_logits`` (only with ``n_identities > 0``): the CosFace/ArcFace
       :class:`~facebatch.attributes.losses.MarginHead` on the embedding. Pass ``identity=labels``
@@ -425,6 +444,9 @@ class MultiTaskFaceNet(nn.Module):
       with :meth:`drop_margin_head`.
 
     Args:
+        attributes: the binary attributes, one linear head each (``attribute_heads.NAME``);
+            files from before this option hold ``smile_head`` and ``eyeglasses_head``, which load
+            as ``attribute_heads.smile`` and ``attribute_heads.eyeglasses`` (:meth:`upgrade_state`).
         backbone: ``"retina_mobilenet"`` (RetinaFace MobileNet-0.25 body, 256 channels),
             ``"resnet_small"`` (:class:`SmallResNet` from scratch), or any ``nn.Module`` mapping
             the normalised image to ``(B, C, H, W)``, ``(B, C)`` or a list/tuple/dict of them (the
@@ -453,12 +475,19 @@ class MultiTaskFaceNet(nn.Module):
             a 160 px input, unpooled).
     """
 
+    fresh_prefixes = FRESH_PREFIXES
+
     def __init__(self, backbone: str | nn.Module = "retina_mobilenet", pretrained: bool | str = False,
                  input_size: int = 128, emb_dim: int = 128, n_identities: int = 0, margin: str = "cosface",
                  s: float = 30.0, m: float = 0.35, dropout: float = 0.2, input_norm: str | None = None,
                  weights_path: str | None = None, resnet_widths: Sequence[int] = (32, 64, 128, 256),
-                 resnet_blocks: Sequence[int] = (1, 1, 1, 1), lda_dim: int = 0, lda_grid: int = 5) -> None:
+                 resnet_blocks: Sequence[int] = (1, 1, 1, 1), lda_dim: int = 0, lda_grid: int = 5,
+                 attributes: Sequence[str] = DEFAULT_ATTRIBUTES) -> None:
         super().__init__()
+        self.attributes = [str(a) for a in attributes]
+        clash = [a for a in self.attributes if a in NOT_ATTRIBUTES or not a or "." in a]
+        if clash or len(set(self.attributes)) != len(self.attributes):
+            raise ValueError(f"attribute names must be unique, without '.', and not {NOT_ATTRIBUTES}; got {clash or self.attributes}")
         if isinstance(backbone, str):
             if backbone == "retina_mobilenet":
                 self.backbone: nn.Module = RetinaMobileNetBackbone(pretrained, weights_path)
@@ -478,8 +507,7 @@ class MultiTaskFaceNet(nn.Module):
         feat_dim = self._infer_feature_dim(input_size)
         self.feature_dim = feat_dim
         self.dropout = nn.Dropout(dropout)
-        self.smile_head = nn.Linear(feat_dim, 1)
-        self.eyeglasses_head = nn.Linear(feat_dim, 1)
+        self.attribute_heads = nn.ModuleDict({a: nn.Linear(feat_dim, 1) for a in self.attributes})
         self.embedding_head = nn.Sequential(nn.Linear(feat_dim, emb_dim, bias=False), nn.BatchNorm1d(emb_dim))
         self.margin_head = MarginHead(emb_dim, n_identities, s, m, margin) if n_identities > 0 else None
         self.lda_dim, self.lda_grid = int(lda_dim), int(lda_grid)
@@ -492,7 +520,13 @@ class MultiTaskFaceNet(nn.Module):
             margin=margin, s=s, m=m, dropout=dropout, input_norm=input_norm,
             resnet_widths=list(resnet_widths), resnet_blocks=list(resnet_blocks),
             backbone_weights_sha256=getattr(self.backbone, "weights_sha256", None),
-            lda_dim=self.lda_dim, lda_grid=self.lda_grid)
+            lda_dim=self.lda_dim, lda_grid=self.lda_grid, attributes=list(self.attributes))
+
+    @staticmethod
+    def upgrade_state(state: dict) -> dict:
+        """A state dict from an older file in today's key names (:func:`upgrade_old_heads`);
+        :func:`facebatch.weights.load_into` calls it before the strict load."""
+        return upgrade_old_heads(state)
 
     def _infer_feature_dim(self, input_size: int) -> int:
         known = getattr(self.backbone, "out_channels", None)
@@ -542,8 +576,8 @@ class MultiTaskFaceNet(nn.Module):
         f = _backbone_features(raw)
         fd = self.dropout(f)
         emb = F.normalize(self.embedding_head(f), dim=1)
-        out = {"smile": self.smile_head(fd).squeeze(1), "eyeglasses": self.eyeglasses_head(fd).squeeze(1),
-               "embedding": emb}
+        out = {a: head(fd).squeeze(1) for a, head in self.attribute_heads.items()}
+        out["embedding"] = emb
         if self.lda_dim > 0:  # the closed-form embedding replaces the head's; the margin head keeps the head's
             out["embedding"] = F.normalize((self.lda_features(_last_output(raw)) - self.lda_mean) @ self.lda_proj, dim=1)
         if self.margin_head is not None:

@@ -8,7 +8,9 @@ cropped first, into OUTDIR/preprocess; give --format celeba, genki or csv) or a 
 Parquet output. OUTDIR/metrics.json holds one object per attribute that the model predicts
 and the labels hold (``{"smile": {...}, "eyeglasses": {...}}``), each with exactly ``n, failed,
 accuracy, balanced_accuracy, precision, recall_pos, recall_neg, f1, roc_auc, confusion``
-(``confusion`` = ``[[tn, fp], [fn, tp]]``; undefined values are null). Images where no face was
+(``confusion`` = ``[[tn, fp], [fn, tp]]``; undefined values are null) and, with two or more
+attributes, ``summary``: mean accuracy and balanced accuracy over them and the majority-class
+floor, drawn in attributes.png. Images where no face was
 found are not dropped: they count as wrong (``failed``). Also written: predictions.csv (label,
 score, prediction per attribute and image), confusion_<attribute>.png and model.json.
 Decisions: sigmoid >= the threshold fitted on the validation split at export (multitask,
@@ -81,6 +83,10 @@ def evaluate_attributes(model_name: str, src: str, fmt: str | None, outdir: str,
         metrics[a] = json_safe(m)
         save_confusion_png(m["confusion"], out / f"confusion_{a}.png", labels=("no", "yes"),
                            title=f"{a}: {Path(info['path']).name}, n={m['n']}, failed={m['failed']}")
+    if len(present) > 1:
+        metrics["summary"] = attribute_summary({a: metrics[a] for a in present}, lab)
+        plot_attribute_accuracy({a: metrics[a] for a in present}, metrics["summary"], out / "attributes.png",
+                                title=f"{Path(info['path']).name} on {src}")
     if degrade:
         metrics["degrade"] = check_degrade(src, degrade)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -96,6 +102,45 @@ def evaluate_attributes(model_name: str, src: str, fmt: str | None, outdir: str,
             w.writerow([r["path"], r["split"], r["status"], int(failed[i])] + cells)
     write_model_json(info, meta, out / "model.json", leave_out=("history", "identities"))
     return metrics
+
+
+def attribute_summary(per: dict[str, dict], labels: list[dict]) -> dict:
+    """Means over the evaluated attributes: accuracy and balanced accuracy at the model's
+    thresholds, and the accuracy of always answering each attribute's majority class (the floor
+    any attribute model must clear; about 0.80 on CelebA)."""
+    majority = []
+    for a in per:
+        y = np.array([x[a] for x in labels if x.get(a) is not None], np.float64)
+        majority.append(max(y.mean(), 1 - y.mean()) if len(y) else np.nan)
+    acc = [per[a]["accuracy"] for a in per]
+    bal = [per[a]["balanced_accuracy"] for a in per]
+    mean = lambda v: float(np.nanmean(np.asarray(v, np.float64))) if len(v) else None  # noqa: E731
+    return {"n_attributes": len(per), "mean_accuracy": mean(acc), "mean_balanced_accuracy": mean(bal),
+            "mean_majority_accuracy": mean(majority)}
+
+
+def plot_attribute_accuracy(per: dict[str, dict], summary: dict, path: Path, title: str = "") -> Path:
+    """One horizontal bar pair per attribute (accuracy, balanced accuracy) with the majority-class
+    floor marked; sorted by balanced accuracy, the weakest at the top."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = sorted(per, key=lambda a: -(per[a]["balanced_accuracy"] or 0))
+    y = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.24 * len(names)))
+    ax.barh(y - 0.2, [per[a]["accuracy"] or 0 for a in names], 0.4, label="accuracy")
+    ax.barh(y + 0.2, [per[a]["balanced_accuracy"] or 0 for a in names], 0.4, label="balanced accuracy")
+    ax.set_yticks(y, names, fontsize=8)
+    ax.set_xlim(0.4, 1.0)
+    ax.axvline(summary["mean_accuracy"], color="C0", ls="--", lw=1)
+    ax.axvline(summary["mean_balanced_accuracy"], color="C1", ls="--", lw=1)
+    ax.set_title(f"{title}\nmean accuracy {summary['mean_accuracy']:.3f}, balanced {summary['mean_balanced_accuracy']:.3f}"
+                 f" (majority class {summary['mean_majority_accuracy']:.3f})", fontsize=9)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

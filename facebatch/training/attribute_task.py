@@ -5,7 +5,7 @@ model of :mod:`facebatch.attributes.models`; ``cfg.attributes`` says what a mode
 
 | ``cfg.model`` | ``cfg.attributes`` | loss | validation (summable, all-reduced) |
 |---|---|---|---|
-| ``multitask`` | any of ``smile``, ``eyeglasses``, ``identity`` | masked BCE per attribute (eyeglasses ``pos_weight`` = negatives / positives of the training rows) + CosFace/ArcFace CE on the model's margin head | TP/FP/TN/FN per attribute; identity top-1 on val rows whose identity is a training identity |
+| ``multitask`` | any binary attributes of the labels (``smile``, ``eyeglasses``, CelebA's ``male``, ``wearing_hat``, ...) and ``identity`` | masked BCE per attribute (eyeglasses ``pos_weight`` = negatives / positives of the training rows) + CosFace/ArcFace CE on the model's margin head | TP/FP/TN/FN per attribute; identity top-1 on val rows whose identity is a training identity |
 | ``seed002_cnn``, ``seed004_cnn`` | one binary attribute (``["smile"]``, ``["eyeglasses"]``, or any other 0/1 label) | 2-way softmax CE | TP/FP/TN/FN |
 | ``seed003_cnn`` | ``["identity"]`` | CE over the training identities | top-1 |
 | ``seed002_autoencoder`` | one binary attribute (``["smile"]``) | pixel MSE on the positive (smiling) faces only | reconstruction errors of positives and negatives; the decision threshold is fitted at export (:func:`fit_autoencoder_threshold`) |
@@ -20,8 +20,9 @@ With a by-person validation split (celeba6k's ``val``) no val identity is a trai
 so the identity is judged by ``facebatch evaluate identity`` instead.
 
 Task options are read from ``model_kwargs`` and not passed to the model: ``eyeglasses_pos_weight``
-/ ``smile_pos_weight`` (``null``: eyeglasses from counts, smile unweighted), ``loss_weights``
-(``{"smile": 1, "eyeglasses": 1, "identity": 1}``) and ``ae_quantile`` (autoencoder threshold
+/ ``smile_pos_weight`` (``null``: eyeglasses from counts, smile unweighted), ``pos_weights``
+(further attributes by name; unweighted when absent), ``loss_weights``
+(``{"smile": 1, "eyeglasses": 1, "identity": 1}``; ``"*"`` weighs every attribute not named) and ``ae_quantile`` (autoencoder threshold
 quantile, 0.95). The driver resolves what workers need from the data (``n_identities`` /
 ``n_classes``, ``eyeglasses_pos_weight``) into ``cfg.model_kwargs``: Ray Train workers run in
 their own working directory and do not read the label columns themselves.
@@ -50,8 +51,8 @@ from .config import TrainConfig
 log = logging.getLogger(__name__)
 
 IDENTITY = "identity"
-MULTITASK_BINARY = ("smile", "eyeglasses")
-TASK_OPTIONS = ("eyeglasses_pos_weight", "smile_pos_weight", "loss_weights", "ae_quantile", "threshold_degrade")
+TASK_OPTIONS = ("eyeglasses_pos_weight", "smile_pos_weight", "pos_weights", "loss_weights", "ae_quantile",
+                "threshold_degrade", "label_counts")
 NOT_EXPORTED = ("pretrained", "weights_path")
 
 
@@ -163,10 +164,10 @@ class AttributeTask:
         targets = list(dict.fromkeys(cfg.attributes or []))
         self.multitask = ATTRIBUTE_LOGITS in self.spec.outputs
         if self.multitask:
-            bad = [t for t in targets if t not in (*MULTITASK_BINARY, IDENTITY)]
-            if not targets or bad:
-                raise ValueError(f"multitask learns any of smile, eyeglasses, identity; got attributes={targets}")
-            self.binary = [t for t in MULTITASK_BINARY if t in targets]
+            if not targets:
+                raise ValueError("multitask needs attributes=[...]: binary attribute names of the labels "
+                                 "(smile, eyeglasses, male, ...) and/or identity")
+            self.binary = [t for t in targets if t != IDENTITY]
         elif CLASS_LOGITS in self.spec.outputs:
             if targets != [IDENTITY]:
                 raise ValueError(f"{cfg.model} learns identities: set attributes=[\"identity\"], got {targets}")
@@ -229,6 +230,13 @@ class AttributeTask:
 
     def _resolve(self) -> None:
         mk = self.cfg.model_kwargs
+        if self.multitask and self.binary and mk.get("label_counts") is None:
+            known = self.labels_info["counts"]
+            absent = [a for a in self.binary if a not in known]
+            if absent:
+                raise ValueError(f"attributes {absent} have no label in the training rows of {self.cfg.data} "
+                                 f"(splits {self.cfg.train_splits}); labelled: {', '.join(sorted(known)) or 'none'}")
+            mk["label_counts"] = {a: known[a] for a in self.binary}  # resolved here, read by the card
         if self.identity and mk.get(self._class_key) is None:
             mk[self._class_key] = len(self.identities)
         if self.multitask and "eyeglasses" in self.binary and mk.get("eyeglasses_pos_weight") is None:
@@ -245,6 +253,7 @@ class AttributeTask:
         kw = {k: v for k, v in self.cfg.model_kwargs.items() if k not in TASK_OPTIONS}
         if self.multitask:
             kw["input_size"] = self.cfg.input_size
+            kw["attributes"] = list(self.binary)
             if not self.identity:
                 kw.pop("n_identities", None)
         elif CLASS_LOGITS not in self.spec.outputs:
@@ -360,7 +369,7 @@ class AttributeTask:
                 self._option("m", _multitask_default("m")), self._option("margin", _multitask_default("margin")))
         loss_fn = MultiTaskLoss(eyeglasses_pos_weight=self._option("eyeglasses_pos_weight"),
                                 smile_pos_weight=self._option("smile_pos_weight"),
-                                weights=self._option("loss_weights"))
+                                weights=self._option("loss_weights"), pos_weights=self._option("pos_weights"))
         total, _ = loss_fn(out, {k: v for k, v in y.items() if k in self.targets})
         # every head in the graph (an untrained head would leave DDP waiting for its gradients)
         return total + sum(v.sum() * 0.0 for v in out.values())

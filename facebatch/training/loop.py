@@ -48,16 +48,22 @@ def _all_reduce(t: torch.Tensor) -> torch.Tensor:
 def init_partial(model: torch.nn.Module, state: dict, source: str) -> list[str]:
     """Load ``state`` into ``model`` for fine-tuning. Tensors whose shape differs (a class head
     over another set of identities) keep their fresh initialisation; they are named on stderr and
-    returned. A key missing on either side is an error: it means another architecture."""
+    returned, as are tensors the start file lacks under the model's ``fresh_prefixes`` (heads of
+    attributes the start did not learn). Any other key missing on either side is an error: it
+    means another architecture."""
     own = model.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    new = tuple(getattr(model, "fresh_prefixes", ()))
+    missing = sorted(k for k in set(own) - set(state) if not k.startswith(new))
+    unexpected = sorted(k for k in set(state) - set(own) if not k.startswith(new))
     if missing or unexpected:
         raise ValueError(f"init_from {source}: another architecture (missing {missing[:5]}, unexpected "
                          f"{unexpected[:5]}); choose a model file of the same model and model_kwargs")
-    fresh = [k for k in own if own[k].shape != state[k].shape]
+    fresh = [k for k in own if k not in state or own[k].shape != state[k].shape]
     model.load_state_dict({k: (own[k] if k in fresh else state[k]) for k in own})
     if fresh:
-        print(f"[facebatch] init_from {source}: kept fresh weights for {', '.join(fresh)} (shape differs)",
+        more = f" and {len(fresh) - 6} more" if len(fresh) > 6 else ""
+        print(f"[facebatch] init_from {source}: kept fresh weights for {', '.join(fresh[:6])}{more} "
+              "(not in the start file, or another shape)",
               file=sys.stderr, flush=True)
     return fresh
 
