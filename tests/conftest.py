@@ -62,6 +62,11 @@ def celeba_root(data_root) -> Path:
 
 
 @pytest.fixture(scope="session")
+def celeba5k_root(data_root) -> Path:
+    return _need(data_root / "celeba5k", "celeba5k data")
+
+
+@pytest.fixture(scope="session")
 def mobilenet_weights(data_root) -> Path:
     return _need(data_root / "weights" / "mobilenet0.25_Final.pth", "RetinaFace MobileNet-0.25 weights")
 

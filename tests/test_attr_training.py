@@ -329,14 +329,15 @@ def test_multitask_train_export_evaluate_enroll(ray_session, attr_data, tmp_path
     assert export.stat().st_size < 25e6
 
     ev = evaluate_attributes(str(export), str(attr_data["celeba"]), None, str(tmp_path / "ev-celeba"))
-    assert set(ev) == {"smile", "eyeglasses"}
-    for m in ev.values():
+    assert set(ev) == {"smile", "eyeglasses", "summary"} and ev["summary"]["n_attributes"] == 2
+    assert ev["summary"]["mean_accuracy"] == pytest.approx((ev["smile"]["accuracy"] + ev["eyeglasses"]["accuracy"]) / 2)
+    for m in (ev["smile"], ev["eyeglasses"]):
         assert tuple(m) == BINARY_KEYS and m["n"] == len(attr_data["train_people"] + attr_data["val_people"]) * 7
         assert 0 <= m["accuracy"] <= 1 and 0 <= m["balanced_accuracy"] <= 1 and m["failed"] <= m["n"]
         assert sum(map(sum, m["confusion"])) == m["n"]
     saved = json.loads((tmp_path / "ev-celeba" / "metrics.json").read_text())
-    assert {k: tuple(v) for k, v in saved.items()} == {"smile": BINARY_KEYS, "eyeglasses": BINARY_KEYS}
-    for f in ("predictions.csv", "confusion_smile.png", "confusion_eyeglasses.png"):
+    assert {k: tuple(v) for k, v in saved.items() if k != "summary"} == {"smile": BINARY_KEYS, "eyeglasses": BINARY_KEYS}
+    for f in ("predictions.csv", "confusion_smile.png", "confusion_eyeglasses.png", "attributes.png"):
         assert (tmp_path / "ev-celeba" / f).stat().st_size > 100, f
     ev_g = evaluate_attributes(str(export), str(attr_data["genki"]), None, str(tmp_path / "ev-genki"), splits=["val", "train"])
     assert set(ev_g) == {"smile"} and ev_g["smile"]["n"] == 20  # genki has no eyeglasses label

@@ -1,6 +1,7 @@
 """Average the weights of fine-tuned models of one architecture ("model soup", WiSE-FT).
 
     python tools/average_models.py OUT.pt A.pt B.pt [--weights 0.5 0.5] [--data out/celeba6k out/genki4k]
+    python tools/average_models.py OUT.pt A.pt --data out/celeba6k out/genki4k   # thresholds only
 
 A model fine-tuned from another (``init_from``) stays in the same basin, so a weighted mean of the
 two sets of weights is a working network that often keeps the strengths of both (for example the
@@ -47,13 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("output", help="model file to write")
-    ap.add_argument("models", nargs="+", help="model files or shipped names (two or more)")
+    ap.add_argument("models", nargs="+", help="model files or shipped names (two or more; one with --data refits "
+                    "its thresholds only)")
     ap.add_argument("--weights", nargs="+", type=float, default=None, help="one per model, summing to 1 (default equal)")
     ap.add_argument("--data", nargs="+", default=None,
                     help="preprocess outputs whose val split refits an attribute model's thresholds")
     args = ap.parse_args(argv)
-    if len(args.models) < 2:
-        raise SystemExit("give two or more model files to average")
+    if len(args.models) < 2 and not args.data:
+        raise SystemExit("give two or more model files to average (or one with --data to refit its thresholds only)")
     w = args.weights or [1.0 / len(args.models)] * len(args.models)
     if len(w) != len(args.models) or abs(sum(w) - 1.0) > 1e-6 or min(w) < 0:
         raise SystemExit(f"--weights needs {len(args.models)} non-negative numbers summing to 1, got {w}")

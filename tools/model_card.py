@@ -60,7 +60,8 @@ def main(argv=None) -> Path:
     lines += args.command + ["```", "", "## Validation metrics", ""]
     for e in args.eval:
         m = json.loads((Path(e) / "metrics.json").read_text())
-        lines += [f"`{e}`:", "", "```json", json.dumps(m, indent=2), "```", ""]
+        lines += [f"`{e}`:", ""] + (attribute_table(m, meta.get("thresholds") or {}) if "summary" in m else
+                                    ["```json", json.dumps(m, indent=2), "```"]) + [""]
     lines += ["## Data and licences", ""] + [f"- {LICENCES[d]}" for d in args.data] + [""]
     if args.notes:
         lines += [Path(args.notes).read_text()]
@@ -68,6 +69,24 @@ def main(argv=None) -> Path:
     card.write_text("\n".join(lines) + "\n")
     print(card)
     return card
+
+
+def attribute_table(m: dict, thresholds: dict) -> list[str]:
+    """Many attributes (an evaluation with a ``summary``): one Markdown row each instead of JSON."""
+    f = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
+    s = m["summary"]
+    p50 = f"; deciding at p >= 0.5 instead: mean accuracy {f(s['mean_accuracy_at_p50'])}" if "mean_accuracy_at_p50" in s else ""
+    if "folds" in m:  # tools/attribute_crossfit.py: each fold decided at thresholds fitted without it
+        thresholds = {}
+    rows = [f"{s['n_attributes']} attributes: mean accuracy **{f(s['mean_accuracy'])}**, mean balanced accuracy "
+            f"**{f(s['mean_balanced_accuracy'])}** (always answering the majority class: {f(s['mean_majority_accuracy'])}){p50}", "",
+            "| attribute | n | positives | accuracy | balanced accuracy | ROC AUC | threshold |", "|---|---|---|---|---|---|---|"]
+    for a, v in m.items():
+        if isinstance(v, dict) and "balanced_accuracy" in v:
+            pos = sum(v["confusion"][1]) if v.get("confusion") else None
+            rows.append(f"| {a} | {v['n']} | {pos} | {f(v['accuracy'])} | {f(v['balanced_accuracy'])} | {f(v['roc_auc'])} | "
+                        f"{f(thresholds.get(a))} |")
+    return rows
 
 
 if __name__ == "__main__":

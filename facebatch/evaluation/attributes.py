@@ -9,8 +9,10 @@ Parquet output. OUTDIR/metrics.json holds one object per attribute that the mode
 and the labels hold (``{"smile": {...}, "eyeglasses": {...}}``), each with exactly ``n, failed,
 accuracy, balanced_accuracy, precision, recall_pos, recall_neg, f1, roc_auc, confusion``
 (``confusion`` = ``[[tn, fp], [fn, tp]]``; undefined values are null) and, with two or more
-attributes, ``summary``: mean accuracy and balanced accuracy over them and the majority-class
-floor, drawn in attributes.png. Images where no face was
+attributes, ``summary``: mean accuracy and balanced accuracy over them at the model's thresholds,
+the majority-class floor and, for probability scores, the mean accuracy of deciding at
+``p >= 0.5`` (``mean_accuracy_at_p50``: the accuracy-optimal rule for calibrated probabilities;
+the stored thresholds are fitted for balanced accuracy instead), drawn in attributes.png. Images where no face was
 found are not dropped: they count as wrong (``failed``). Also written: predictions.csv (label,
 score, prediction per attribute and image), confusion_<attribute>.png and model.json.
 Decisions: sigmoid >= the threshold fitted on the validation split at export (multitask,
@@ -85,6 +87,12 @@ def evaluate_attributes(model_name: str, src: str, fmt: str | None, outdir: str,
                            title=f"{a}: {Path(info['path']).name}, n={m['n']}, failed={m['failed']}")
     if len(present) > 1:
         metrics["summary"] = attribute_summary({a: metrics[a] for a in present}, lab)
+        if head.probabilities:  # what a decision at p >= 0.5 would score (accuracy-optimal for calibrated scores)
+            metrics["summary"]["mean_accuracy_at_p50"] = float(np.mean([
+                binary_metrics(np.array([x[a] for x in lab if x.get(a) is not None], np.int64),
+                               scores[a][np.array([x.get(a) is not None for x in lab])],
+                               failed[np.array([x.get(a) is not None for x in lab])], threshold=0.5)["accuracy"]
+                for a in present]))
         plot_attribute_accuracy({a: metrics[a] for a in present}, metrics["summary"], out / "attributes.png",
                                 title=f"{Path(info['path']).name} on {src}")
     if degrade:

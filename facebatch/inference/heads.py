@@ -146,7 +146,8 @@ class AttributeHead(_Head):
         else:
             self.thresholds = {}
             self.attributes = []
-        if ATTRIBUTE_LOGITS in outs or BINARY_LOGITS in outs:
+        self.probabilities = ATTRIBUTE_LOGITS in outs or BINARY_LOGITS in outs  # scores are P(attribute)
+        if self.probabilities:
             self._set_runtime(runtime)
 
     @torch.inference_mode()
