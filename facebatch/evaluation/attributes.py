@@ -76,23 +76,20 @@ def evaluate_attributes(model_name: str, src: str, fmt: str | None, outdir: str,
         raise ValueError(f"no labels for the model's attributes {attrs} in {src}")
     failed = np.array([not has_crop(r) for r in rows])
     scores, thr = score_rows(head, rows), head.thresholds
-    metrics = {}
+    metrics, at_p50 = {}, []
     for a in present:
         sel = np.array([x.get(a) is not None for x in lab])
         y = np.array([x[a] for x in lab if x.get(a) is not None], np.int64)
         m = binary_metrics(y, scores[a][sel], failed[sel], threshold=thr[a])
         assert tuple(m) == BINARY_KEYS
         metrics[a] = json_safe(m)
+        at_p50.append(binary_metrics(y, scores[a][sel], failed[sel], threshold=0.5)["accuracy"])
         save_confusion_png(m["confusion"], out / f"confusion_{a}.png", labels=("no", "yes"),
                            title=f"{a}: {Path(info['path']).name}, n={m['n']}, failed={m['failed']}")
     if len(present) > 1:
         metrics["summary"] = attribute_summary({a: metrics[a] for a in present}, lab)
         if head.probabilities:  # what a decision at p >= 0.5 would score (accuracy-optimal for calibrated scores)
-            metrics["summary"]["mean_accuracy_at_p50"] = float(np.mean([
-                binary_metrics(np.array([x[a] for x in lab if x.get(a) is not None], np.int64),
-                               scores[a][np.array([x.get(a) is not None for x in lab])],
-                               failed[np.array([x.get(a) is not None for x in lab])], threshold=0.5)["accuracy"]
-                for a in present]))
+            metrics["summary"]["mean_accuracy_at_p50"] = float(np.mean(at_p50))
         plot_attribute_accuracy({a: metrics[a] for a in present}, metrics["summary"], out / "attributes.png",
                                 title=f"{Path(info['path']).name} on {src}")
     if degrade:
