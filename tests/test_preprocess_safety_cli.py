@@ -4,6 +4,7 @@ S3 problems name the endpoint and the variable to set, Ctrl-C exits 130 with a r
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -83,8 +84,19 @@ def test_s3_unreachable_endpoint_one_line(tmp_path):
 def test_ctrl_c_exits_130_with_resume_hint(ray_session, udacity_subset, tmp_path):
     import ray
     out = tmp_path / "o"
+    # four links to each image (96 inputs, 48 shards): the first done-marker can reach the disk late
+    # (results are consumed in batches), and with 24 inputs the run once finished before the signal came
+    src = tmp_path / "in"
+    shutil.copytree(udacity_subset, src, symlinks=True)
+    for f in sorted((src / "training").glob("*.jpg")):
+        for k in range(1, 4):
+            (src / "training" / f"{f.stem}_copy{k}.jpg").symlink_to(f.resolve())
+    csv = src / "training_frames_keypoints.csv"
+    head, *body = csv.read_text().splitlines()
+    csv.write_text("\n".join([head] + body + [f"{r.split(',', 1)[0][:-4]}_copy{k}.jpg,{r.split(',', 1)[1]}"
+                                               for k in range(1, 4) for r in body]) + "\n")
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "facebatch.cli", "preprocess", "--input", str(udacity_subset),
+    proc = subprocess.Popen([sys.executable, "-m", "facebatch.cli", "preprocess", "--input", str(src),
                              "--format", "udacity68", "--output", str(out), "--shard-size", "2", "--workers", "1",
                              "--progress", "log"], env=env, cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
