@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.repeat):
             for name, model in (("baseline", args.baseline), ("attributes", "attributes")):
                 runs[name].append(one_run(src, model, work))
-    med = {k: statistics.median(r["wall_s"] for r in v) for k, v in runs.items()}
+    med = {k: round(statistics.median(r["wall_s"] for r in v), 1) for k, v in runs.items()}
     res = {"date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
            "images": len(files), "runs": runs, "median_wall_s": med,
            "ratio": round(med["attributes"] / med["baseline"], 3)}
