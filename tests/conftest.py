@@ -103,6 +103,17 @@ def release_ray_train_runs(request):
         signal.signal(signal.SIGINT, before)
 
 
+def default_sigint() -> None:
+    """``preexec_fn`` for a subprocess a test stops with Ctrl-C: SIGINT at its default and unblocked.
+    A child inherits the signal mask and ignored signals of the process that starts it, and after
+    most of the suite has run, the pytest process (host of a Ray driver, Ray Train and Ray Data)
+    hands its children a SIGINT they never see: in two full runs the Ctrl-C tests' commands
+    finished (exit 0) or hung, while both pass alone. A user's shell starts commands clean."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 @pytest.fixture(scope="session")
 def s3_server():
     """moto's S3 server on 127.0.0.1 (a real HTTP S3 API; Ray workers are other processes)."""

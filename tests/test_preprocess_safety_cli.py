@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import default_sigint
+
 REPO = Path(__file__).resolve().parent.parent
 LIMIT_S = 60  # a one-line error must come well within this (imports included, on a loaded 2-core VM)
 
@@ -99,7 +101,7 @@ def test_ctrl_c_exits_130_with_resume_hint(ray_session, udacity_subset, tmp_path
     proc = subprocess.Popen([sys.executable, "-m", "facebatch.cli", "preprocess", "--input", str(src),
                              "--format", "udacity68", "--output", str(out), "--shard-size", "2", "--workers", "1",
                              "--progress", "log"], env=env, cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     deadline = time.time() + 180
     while time.time() < deadline and proc.poll() is None and not list(out.glob("_done/*.json")):
         time.sleep(0.2)
@@ -110,7 +112,8 @@ def test_ctrl_c_exits_130_with_resume_hint(ray_session, udacity_subset, tmp_path
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130, err[-2000:]
+    parent = (signal.getsignal(signal.SIGINT), signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []))
+    assert proc.returncode == 130, (f"parent SIGINT handler, blocked: {parent}", err[-2000:])
     assert "--resume" in err and "shards" in err and "Traceback" not in err, err[-2000:]
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import badimages
-from conftest import assert_close
+from conftest import assert_close, default_sigint
 
 PORT = 18431
 CLI_PORT = 18433
@@ -245,7 +245,7 @@ def test_command_serves_until_ctrl_c(tmp_path, mobilenet_weights):
            "--head", "tests.brightness_head:brightness"]  # a test-only head, named: all it takes to be served
     log = open(tmp_path / "serve.log", "w+")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env,
-                            cwd=Path(__file__).resolve().parents[1])
+                            cwd=Path(__file__).resolve().parents[1], preexec_fn=default_sigint)
     try:
         line = ""
         deadline = time.time() + 180
