@@ -135,6 +135,15 @@ def test_kill_9_mid_run_then_rerun(ray_session, udacity_root, tmp_path):
     assert list(out.glob("dt=*/run=*/part-*.parquet")), "no part written in time"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    # the dead driver's Ray workers (on this session's cluster) may still finish a part for a few
+    # seconds, until Ray sees the driver gone: wait until the run folder stops changing, as the
+    # next nightly run would (once, a part landed after the rerun had removed the folder)
+    quiet_since, seen = time.time(), None
+    while time.time() - quiet_since < 5 and time.time() < deadline:
+        now = sorted(str(p) for p in out.rglob("*"))
+        if now != seen:
+            seen, quiet_since = now, time.time()
+        time.sleep(0.5)
     killed = [d for d in out.glob("dt=*/run=*") if not (d / "_SUCCESS").exists()]
     assert killed and read_latest(str(out)).num_rows == 0  # readers ignore the unfinished run
 
