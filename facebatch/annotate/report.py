@@ -131,11 +131,10 @@ def write_report(dst: str, folder: str, summary: dict, options: dict) -> str:
             parts.append(_rates_table(ok, binary))
             drop = set(binary[HISTOGRAMS:])
             scalars = [(n, k) for n, k in scalars if n not in drop]
-        for name, kind in scalars:
-            if name in ok.column_names:
-                parts.append(_hist_svg(np.asarray(ok[name].to_numpy(zero_copy_only=False), float),
-                                       f"{name} score" if kind == "binary" else name,
-                                       rng=(0.0, 1.0) if kind == "binary" else None))
+        for name, kind in scalars:  # already only the columns the run has
+            parts.append(_hist_svg(np.asarray(ok[name].to_numpy(zero_copy_only=False), float),
+                                   f"{name} score" if kind == "binary" else name,
+                                   rng=(0.0, 1.0) if kind == "binary" else None))
         rows = ok.to_pylist()
         rng = np.random.default_rng(0)
         pick = sorted(rng.choice(len(rows), size=min(SHEET_FACES, len(rows)), replace=False)) if rows else []
